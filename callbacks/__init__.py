@@ -1,0 +1,1 @@
+"""Lightning callbacks of llamo (stage handoff, motion previews)."""

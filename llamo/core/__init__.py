@@ -1,0 +1,1 @@
+"""Core: plain `nn.Module`s and config dataclasses (no Lightning import here)."""

@@ -1,0 +1,1 @@
+"""Stages: one small LightningModule per training stage."""
