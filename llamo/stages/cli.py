@@ -1,0 +1,52 @@
+"""``llamo fit|validate|test``: one LightningCLI for every stage, composed from repeated ``--config`` YAMLs.
+
+    llamo fit --config experiments/base.yaml --config experiments/model/tiny.yaml --config experiments/stage2.yaml
+
+``model.class_path`` picks the stage (a :class:`~llamo.stages.base.StageModule`), ``data.class_path`` its
+DataModule. The ``handoff`` arguments (a forced :class:`~callbacks.handoff.StageHandoff`, so an overlay that
+replaces ``trainer.callbacks`` cannot drop it) say where the stage starts from and where it writes its output.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import lightning as L
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from callbacks.handoff import StageHandoff
+from llamo.stages.base import StageModule
+
+log = logging.getLogger(__name__)
+
+
+class LlamoCLI(LightningCLI):
+    """LightningCLI with the forced stage handoff and the resume-vs-handoff rule (resume wins)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(StageHandoff, "handoff")
+
+    def before_fit(self) -> None:
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        handoff = next(cb for cb in self.trainer.callbacks if isinstance(cb, StageHandoff))
+        if ckpt_path and handoff.load_from:
+            # a resumed run restores its own weights, optimiser and step counters; loading the previous stage's
+            # weights first would be overwritten anyway and only waste I/O
+            log.warning("resuming from %s: the handoff from %s is skipped (resume wins)", ckpt_path, handoff.load_from)
+            handoff.load_from = None
+
+
+def cli_main(args: Sequence[str] | None = None, run: bool = True) -> LlamoCLI:
+    """Build (and by default run) the CLI; ``args`` is the command line after ``llamo``."""
+    return LlamoCLI(
+        model_class=StageModule,
+        datamodule_class=L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "yaml"},
+        args=list(args) if args is not None else None,
+        run=run,
+    )
