@@ -16,7 +16,35 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install test lint format demo bench clean
+# ---- experiment pipeline -------------------------------------------------------------------------------
+EXP      ?= default
+MODEL    ?= tiny
+DATA     ?= data/synth
+RUNS     ?= runs
+# extra --config overlays for every LLaMo stage (e.g. a strategy: CONFIGS="experiments/strategies/ddp.yaml")
+CONFIGS  ?=
+# ablation name: adds experiments/ablations/$(ABLATION)/<stage>.yaml to each stage that has one
+ABLATION ?=
+ARGS     ?=
+LLAMO    := $(PY) -m llamo
+
+# stage ids used by `make stage-<id>` and the folder each writes under runs/<EXP>/
+STAGES := vae evaluator 1 2 3
+dir_vae := vae
+dir_evaluator := evaluator
+dir_1 := stage1
+dir_2 := stage2
+dir_3 := stage3
+prev_2 := stage1
+prev_3 := stage2
+llamo_stage = $(filter 1 2 3,$(1))
+# LLaMo stages: model size overlay, the VAE output feeding the latent cache, user overlays (CONFIGS)
+stage_configs = experiments/base.yaml $(if $(call llamo_stage,$(1)),experiments/model/$(MODEL).yaml) \
+	experiments/$(dir_$(1)).yaml $(wildcard experiments/ablations/$(ABLATION)/$(dir_$(1)).yaml) \
+	$(if $(call llamo_stage,$(1)),$(CONFIGS))
+stage_data_args = $(if $(call llamo_stage,$(1)),--data.init_args.vae_dir=$(RUNS)/$(EXP)/vae)
+
+.PHONY: help install test lint format demo bench clean pipeline ablations
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_%-]+:.*?## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -50,6 +78,24 @@ demo: install ## Synthesise the embedded corpus and render samples (grows into t
 
 bench: install ## Benchmarks (not tests): print timing tables and ratios
 	$(PY) -m llamo.bench
+
+stage-%: install ## Run one stage: make stage-{vae,evaluator,1,2,3} EXP=name MODEL=size (writes runs/EXP/<stage>/)
+	@test -n "$(dir_$*)" || { echo "unknown stage '$*': use one of $(STAGES)"; exit 2; }
+	$(LLAMO) fit $(addprefix --config ,$(call stage_configs,$*)) \
+		--trainer.logger.init_args.save_dir=$(RUNS) --trainer.logger.init_args.name=$(EXP) \
+		--trainer.logger.init_args.version=$(dir_$*) --data.init_args.root=$(DATA) $(call stage_data_args,$*) \
+		$(if $(prev_$*),--handoff.load_from=$(RUNS)/$(EXP)/$(prev_$*)) --handoff.save_to=$(RUNS)/$(EXP)/$(dir_$*) $(ARGS)
+
+pipeline: install ## vae -> evaluator -> stage1 -> stage2 -> stage3 with handoffs (EXP=name MODEL=size DATA=dir)
+	@test -d $(DATA) || $(LLAMO) data synth --out $(DATA) --clips 2000 --seed 0
+	@for s in $(STAGES); do $(MAKE) --no-print-directory stage-$$s || exit 1; done
+
+ABLATION_NAMES := $(notdir $(wildcard experiments/ablations/*))
+ablate-%: install ## Run the pipeline with experiments/ablations/<name>/ overlays, then write runs/ablate-<name>/results.json
+	$(MAKE) --no-print-directory pipeline EXP=ablate-$* ABLATION=$*
+	$(LLAMO) eval run $(RUNS)/ablate-$* --data $(DATA) --out $(RUNS)/ablate-$*/results.json
+
+ablations: $(addprefix ablate-,$(ABLATION_NAMES)) ## Every ablation in experiments/ablations/
 
 clean: ## Remove caches (keeps .venv, data/ and runs/)
 	rm -rf .pytest_cache .ruff_cache
