@@ -1,0 +1,467 @@
+"""Motion-side modules around the LLM (paper §3.3, §7.2): adapter, projector, flow-matching head, exit head.
+
+- `MotionAdapter` P(z): VAE latent -> LLM input embedding of a motion token.
+- `MotionProjector`: last-layer motion hidden state -> condition of the flow head.
+- `FlowHead`: MAR's ``SimpleMLPAdaLN`` trained as a rectified flow (NextStep-1 variant): it models the
+  distribution of the next motion latent given the projected hidden state, with classifier-free guidance
+  from a learned null condition.
+- `ExitHead`: 5-layer Swish MLP giving one logit for "the motion ends here" (TransformerTTS / SpeechT5 style).
+
+Time convention (paper eq. 6): ``x_t = (1 - t) * eps + t * x0``, t = 0 is noise, t = 1 is data, and the
+velocity target is ``x0 - eps``. Sampling integrates from t = 0 to t = 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "ExitHead",
+    "ExitHeadConfig",
+    "FlowHead",
+    "FlowHeadConfig",
+    "MotionAdapter",
+    "MotionProjector",
+    "TimestepEmbedder",
+]
+
+#: Size of the sinusoidal timestep features before the timestep MLP (MAR / DiT / NextStep-1).
+TIMESTEP_FREQUENCY_DIM = 256
+
+
+def _check_last_dim(x: Tensor, owner: str, what: str, size_name: str, expected: int) -> None:
+    """Raise a ValueError naming the expected width when ``x``'s last dimension is wrong."""
+    if x.ndim == 0 or x.shape[-1] != expected:
+        raise ValueError(
+            f"{owner} expects {what} with last dimension {size_name}={expected}, got shape {tuple(x.shape)}; "
+            f"make {size_name} in the config match the tensors you pass"
+        )
+
+
+class _MLPNorm(nn.Module):
+    """Linear -> GELU -> Linear -> RMSNorm (the paper's "two-layer MLP with GELU and post-RMSNorm")."""
+
+    def __init__(self, in_dim: int, out_dim: int, eps: float, owner: str, in_name: str) -> None:
+        super().__init__()
+        if in_dim < 1 or out_dim < 1:
+            raise ValueError(f"{owner} sizes must be positive, got {in_name}={in_dim}, output size {out_dim}")
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+        self._owner = owner
+        self._in_name = in_name
+        self.fc1 = nn.Linear(in_dim, out_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(out_dim, out_dim)
+        self.norm = nn.RMSNorm(out_dim, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_last_dim(x, self._owner, "inputs", self._in_name, self.in_dim)
+        return self.norm(self.fc2(self.act(self.fc1(x))))
+
+
+class MotionAdapter(_MLPNorm):
+    """The motion adapter P(.): maps VAE latents ``(..., latent_dim)`` to LLM embeddings ``(..., hidden_size)``.
+
+    Two linear layers (latent_dim -> hidden_size -> hidden_size) with GELU between and an RMSNorm at the end,
+    so motion embeddings enter the LLM at a fixed scale (set by the norm's learnable weight).
+    """
+
+    def __init__(self, latent_dim: int, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__(latent_dim, hidden_size, eps, "MotionAdapter", "latent_dim")
+
+
+class MotionProjector(_MLPNorm):
+    """Maps last-layer motion hidden states ``(..., hidden_size)`` to flow-head conditions ``(..., cond_dim)``.
+
+    Same shape as `MotionAdapter`: hidden_size -> cond_dim -> cond_dim, GELU, post-RMSNorm.
+    """
+
+    def __init__(self, hidden_size: int, cond_dim: int, eps: float = 1e-6) -> None:
+        super().__init__(hidden_size, cond_dim, eps, "MotionProjector", "hidden_size")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Flow head
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FlowHeadConfig:
+    """Size and training/sampling settings of the flow-matching head (paper: 1536 x 12, k = 4, 50 Euler steps)."""
+
+    latent_dim: int
+    """Width of a motion latent x0 (the VAE's latent_dim; the paper uses 32)."""
+    cond_dim: int
+    """Width of the condition vector (the `MotionProjector` output)."""
+    width: int = 1536
+    """Hidden width W of the MLP (paper / MAR-H / NextStep-1: 1536)."""
+    depth: int = 12
+    """Number of adaLN residual blocks (paper: 12)."""
+    timestep_samples: int = 4
+    """k: timesteps (each with its own noise) drawn per motion token in `loss`, without re-running the LLM
+    (paper and MAR ``diffusion_batch_mul``: 4)."""
+    cond_dropout: float = 0.1
+    """Probability that a token's condition is replaced by the learned null condition during training, so the
+    head also learns the unconditional velocity used by classifier-free guidance (MAR: 0.1)."""
+    sample_steps: int = 50
+    """Euler steps from noise (t = 0) to data (t = 1) in `sample` (paper: 50)."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance scale s in ``v = v_u + s (v_c - v_u)``; 1.0 = conditional only (one forward)."""
+    timestep_distribution: Literal["logit_normal", "uniform"] = "logit_normal"
+    """Training distribution of t: ``sigmoid(N(0, 1))`` as in NextStep-1 and BAGEL, or ``U(0, 1)``."""
+    gradient_checkpointing: bool = False
+    """Recompute each residual block in backward (saves activation memory of the k-times repeated batch)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("latent_dim", "cond_dim", "width", "depth", "timestep_samples", "sample_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                problems.append(f"FlowHeadConfig.{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            problems.append(f"FlowHeadConfig.cond_dropout must be in [0, 1), got {self.cond_dropout!r}")
+        if self.timestep_distribution not in ("logit_normal", "uniform"):
+            problems.append(
+                "FlowHeadConfig.timestep_distribution must be 'logit_normal' or 'uniform', "
+                f"got {self.timestep_distribution!r}"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of t (cos half then sin half, max period 10000) -> Linear -> SiLU -> Linear.
+
+    t is used as given, in [0, 1] (NextStep-1 / BAGEL), not scaled to DDPM step indices as in MAR.
+    """
+
+    def __init__(self, width: int, frequency_dim: int = TIMESTEP_FREQUENCY_DIM, max_period: float = 10000.0) -> None:
+        super().__init__()
+        assert frequency_dim % 2 == 0
+        self.frequency_dim = frequency_dim
+        self.max_period = max_period
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def frequency_features(self, t: Tensor) -> Tensor:
+        """``(N,)`` timesteps -> ``(N, frequency_dim)`` sinusoidal features (float32)."""
+        half = self.frequency_dim // 2
+        exponent = torch.arange(half, device=t.device, dtype=torch.float32) / half
+        freqs = torch.exp(-math.log(self.max_period) * exponent)
+        args = t.float()[:, None] * freqs[None]  # (N, half)
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: Tensor) -> Tensor:
+        features = self.frequency_features(t)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+class _AdaLNResBlock(nn.Module):
+    """LayerNorm -> adaLN (shift, scale) -> Linear-SiLU-Linear (mlp_ratio 1) -> gated residual."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.in_ln = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.adaln_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        shift, scale, gate = self.adaln_modulation(y).chunk(3, dim=-1)
+        return x + gate * self.mlp(_modulate(self.in_ln(x), shift, scale))
+
+
+class _AdaLNFinalLayer(nn.Module):
+    """Non-affine LayerNorm -> adaLN (shift, scale) -> Linear to the velocity."""
+
+    def __init__(self, width: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.adaln_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.linear = nn.Linear(width, out_dim)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        shift, scale = self.adaln_modulation(y).chunk(2, dim=-1)
+        return self.linear(_modulate(self.norm_final(x), shift, scale))
+
+
+class FlowHead(nn.Module):
+    """Per-token rectified-flow head (MAR ``SimpleMLPAdaLN``, NextStep-1 flow version).
+
+    The network sees a batch of independent vectors: noisy latent ``x_t (N, latent_dim)``, time ``t (N,)`` and
+    condition ``cond (N, cond_dim)``; adaLN conditioning is ``y = TimestepEmbedder(t) + Linear(cond)``.
+    Modulation layers and the output layer are zero-initialised, so at initialisation every block is the
+    identity and the predicted velocity is exactly 0.
+
+    Note for optimiser setup: MAR applies no weight decay to this head.
+    """
+
+    def __init__(self, config: FlowHeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.input_proj = nn.Linear(config.latent_dim, width)
+        self.cond_embed = nn.Linear(config.cond_dim, width)
+        self.time_embed = TimestepEmbedder(width)
+        self.blocks = nn.ModuleList(_AdaLNResBlock(width) for _ in range(config.depth))
+        self.final_layer = _AdaLNFinalLayer(width, config.latent_dim)
+        # learned "no condition" for classifier-free guidance (MAR's fake_latent)
+        self.null_cond = nn.Parameter(torch.empty(config.cond_dim))
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """MAR's initialisation: xavier-uniform linears with zero bias, N(0, 0.02) timestep MLP, zero adaLN
+        and zero output layer (head outputs 0), N(0, 0.02) null condition."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        for layer in (self.time_embed.mlp[0], self.time_embed.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaln_modulation[-1].weight)
+            nn.init.zeros_(block.adaln_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaln_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaln_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+        nn.init.normal_(self.null_cond, std=0.02)
+
+    # -- network ---------------------------------------------------------------------------------------
+
+    def _check_inputs(self, x: Tensor, cond: Tensor, x_name: str) -> None:
+        _check_last_dim(x, "FlowHead", x_name, "latent_dim", self.config.latent_dim)
+        _check_last_dim(cond, "FlowHead", "cond", "cond_dim", self.config.cond_dim)
+        if x.shape[:-1] != cond.shape[:-1]:
+            raise ValueError(
+                f"FlowHead: {x_name} {tuple(x.shape)} and cond {tuple(cond.shape)} must have the same leading "
+                "dimensions (one condition per latent)"
+            )
+
+    def velocity(self, x_t: Tensor, t: Tensor | float, cond: Tensor) -> Tensor:
+        """Predicted velocity ``(..., latent_dim)`` at ``x_t (..., latent_dim)``, time ``t`` (a float, a 0-d
+        tensor or a tensor of the leading shape) and condition ``cond (..., cond_dim)``."""
+        self._check_inputs(x_t, cond, "x_t")
+        lead = x_t.shape[:-1]
+        t = torch.as_tensor(t, device=x_t.device)
+        if t.ndim == 0:
+            t = t.expand(lead)
+        if t.shape != lead:
+            raise ValueError(f"FlowHead: t has shape {tuple(t.shape)}, expected a scalar or {tuple(lead)}")
+        x = x_t.reshape(-1, x_t.shape[-1])  # (N, latent_dim)
+        y = self.time_embed(t.reshape(-1)) + self.cond_embed(cond.reshape(-1, cond.shape[-1]))  # (N, W)
+        h = self.input_proj(x)
+        for block in self.blocks:
+            if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h = checkpoint(block, h, y, use_reentrant=False)
+            else:
+                h = block(h, y)
+        return self.final_layer(h, y).reshape(x_t.shape)
+
+    def forward(self, x_t: Tensor, t: Tensor | float, cond: Tensor) -> Tensor:
+        """Same as `velocity`."""
+        return self.velocity(x_t, t, cond)
+
+    def guided_velocity(
+        self, x_t: Tensor, t: Tensor, cond: Tensor, guidance_scale: float, uncond: Tensor | None = None
+    ) -> Tensor:
+        """``v_u + s (v_c - v_u)`` from ONE forward on the batch ``[cond; uncond]`` sharing ``x_t``.
+
+        ``x_t (N, latent_dim)``, ``t (N,)``, ``cond (N, cond_dim)``; ``uncond`` defaults to the learned null
+        condition (pass the hidden state of a null-prompt LLM row to guide at the LLM level instead).
+        """
+        if uncond is None:
+            uncond = self.null_cond.to(cond.dtype).expand_as(cond)
+        elif uncond.shape != cond.shape:
+            raise ValueError(f"FlowHead: uncond {tuple(uncond.shape)} must have the shape of cond {tuple(cond.shape)}")
+        v = self.velocity(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]))  # (2N, D)
+        v_cond, v_uncond = v.chunk(2)
+        return v_uncond + guidance_scale * (v_cond - v_uncond)
+
+    # -- training --------------------------------------------------------------------------------------
+
+    def _sample_timesteps(self, n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+        if self.config.timestep_distribution == "logit_normal":
+            return torch.sigmoid(torch.randn(n, device=device, generator=generator))
+        return torch.rand(n, device=device, generator=generator)
+
+    def loss(
+        self,
+        x0: Tensor,
+        cond: Tensor,
+        weight: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Rectified-flow loss: weighted mean over tokens of the per-token MSE (over channels).
+
+        ``x0 (N, latent_dim)`` clean latents, ``cond (N, cond_dim)`` their conditions, ``weight (N,)`` optional
+        non-negative float/bool per-token weights (a mask); leading dims other than N are flattened. Each
+        (x0, cond) pair is tiled ``timestep_samples`` times and every copy draws its own t and eps, so the head
+        runs on k*N rows while the LLM that produced ``cond`` ran once; the gradient into ``cond`` sums over the
+        copies. In training mode each token's condition is replaced by the null condition with probability
+        ``cond_dropout``. All-zero weights give a loss of 0.
+        """
+        self._check_inputs(x0, cond, "x0")
+        lead = x0.shape[:-1]
+        if weight is not None and weight.shape != lead:
+            raise ValueError(f"FlowHead.loss: weight has shape {tuple(weight.shape)}, expected {tuple(lead)}")
+        x0 = x0.reshape(-1, x0.shape[-1])  # (N, D)
+        cond = cond.reshape(-1, cond.shape[-1])  # (N, C)
+        n, device = x0.shape[0], x0.device
+        w = torch.ones(n, device=device) if weight is None else weight.reshape(-1).float()
+
+        if self.training and self.config.cond_dropout > 0:
+            drop = torch.rand(n, device=device, generator=generator) < self.config.cond_dropout
+            cond = torch.where(drop[:, None], self.null_cond.to(cond.dtype), cond)
+
+        k = self.config.timestep_samples
+        x0, cond, w = x0.repeat(k, 1), cond.repeat(k, 1), w.repeat(k)  # (kN, D), (kN, C), (kN,)
+        # noise, interpolation and target in float32 whatever the model dtype (draws independent of dtype)
+        t = self._sample_timesteps(k * n, device, generator)
+        eps = torch.randn(x0.shape, device=device, generator=generator)
+        x0_f = x0.float()
+        x_t = (1 - t[:, None]) * eps + t[:, None] * x0_f
+        target = x0_f - eps
+        pred = self.velocity(x_t.to(x0.dtype), t, cond)
+        per_token = (pred.float() - target).pow(2).mean(dim=-1)  # (kN,)
+        return (per_token * w).sum() / w.sum().clamp_min(torch.finfo(torch.float32).tiny)
+
+    # -- sampling --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Tensor,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        uncond: Tensor | None = None,
+    ) -> Tensor:
+        """Draw latents ``(N, latent_dim)`` for conditions ``cond (N, cond_dim)`` by Euler integration of the
+        velocity from t = 0 (noise) to t = 1 (data): ``x <- x + v(x, i/steps) / steps``.
+
+        ``steps`` and ``guidance_scale`` default to the config. With ``guidance_scale != 1`` the conditional and
+        unconditional rows run in one batched forward (`guided_velocity`); with 1.0 only the conditional rows
+        run; ``uncond`` replaces the learned null condition as the unconditional input. ``noise`` gives the
+        starting point (else ``temperature * N(0, I)`` from ``generator``, on ``cond``'s device). The state
+        is integrated in float32 and returned in ``cond``'s dtype. Leading dims other than N are kept.
+        """
+        steps = self.config.sample_steps if steps is None else steps
+        scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"FlowHead.sample: steps must be a positive integer, got {steps!r}")
+        _check_last_dim(cond, "FlowHead", "cond", "cond_dim", self.config.cond_dim)
+        lead = cond.shape[:-1]
+        cond_flat = cond.reshape(-1, cond.shape[-1])  # (N, C)
+        uncond_flat = None if uncond is None else uncond.reshape(-1, uncond.shape[-1])
+        n, device = cond_flat.shape[0], cond.device
+        if noise is None:
+            noise = temperature * torch.randn(n, self.config.latent_dim, device=device, generator=generator)
+        elif noise.shape != (*lead, self.config.latent_dim):
+            raise ValueError(
+                f"FlowHead.sample: noise has shape {tuple(noise.shape)}, expected {(*lead, self.config.latent_dim)}"
+            )
+        x = noise.reshape(n, -1).float()  # (N, D)
+        dt = 1.0 / steps
+        for i in range(steps):
+            t = torch.full((n,), i * dt, device=device)
+            x_in = x.to(cond.dtype)
+            if scale == 1.0 and uncond_flat is None:
+                v = self.velocity(x_in, t, cond_flat)
+            else:
+                v = self.guided_velocity(x_in, t, cond_flat, scale, uncond_flat)
+            x = x + v.float() * dt
+        return x.to(cond.dtype).reshape(*lead, self.config.latent_dim)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Exit head
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExitHeadConfig:
+    """The motion-generation exit head: 5 Linear layers with Swish, one logit (paper §7.2)."""
+
+    hidden_size: int
+    """Width of the last-layer motion hidden state it reads (the LLM hidden size)."""
+    width: int = 1024
+    """Width of the 4 hidden layers."""
+    pos_weight: float = 5.0
+    """Weight of the positive class in the BCE loss: about one position per motion is positive, so the
+    positives need up-weighting (SpeechT5 / ESPnet: 5, MELLE: 20, SLED-TTS: 100)."""
+    initial_probability: float | None = None
+    """If set, the last bias starts at logit(p) so the initial exit probability is p (e.g. 1 / mean motion length
+    in tokens); None keeps PyTorch's default init."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("hidden_size", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                problems.append(f"ExitHeadConfig.{name} must be a positive integer, got {value!r}")
+        if not self.pos_weight > 0:
+            problems.append(f"ExitHeadConfig.pos_weight must be > 0, got {self.pos_weight!r}")
+        if self.initial_probability is not None and not 0.0 < self.initial_probability < 1.0:
+            problems.append(f"ExitHeadConfig.initial_probability must be in (0, 1), got {self.initial_probability!r}")
+        if problems:
+            raise ValueError("\n".join(problems))
+
+
+class ExitHead(nn.Module):
+    """``hidden (..., hidden_size)`` -> exit logit ``(...)``: [Linear -> SiLU] x 4 -> Linear(width, 1)."""
+
+    NUM_LINEAR = 5
+
+    def __init__(self, config: ExitHeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        in_dim = config.hidden_size
+        for _ in range(self.NUM_LINEAR - 1):
+            layers += [nn.Linear(in_dim, config.width), nn.SiLU()]
+            in_dim = config.width
+        layers.append(nn.Linear(in_dim, 1))
+        self.mlp = nn.Sequential(*layers)
+        if config.initial_probability is not None:
+            p = config.initial_probability
+            nn.init.constant_(self.mlp[-1].bias, math.log(p / (1 - p)))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """Exit logits ``(...)`` for hidden states ``(..., hidden_size)``."""
+        _check_last_dim(hidden, "ExitHead", "hidden states", "hidden_size", self.config.hidden_size)
+        return self.mlp(hidden).squeeze(-1)
+
+    def loss(self, logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+        """BCE-with-logits (positive weight ``pos_weight``) averaged over positions where ``mask`` is True.
+
+        ``logits``, ``targets`` (0/1, float or bool) and ``mask`` (bool) share one shape; an all-False mask
+        gives 0. Computed in float32.
+        """
+        if targets.shape != logits.shape or mask.shape != logits.shape:
+            raise ValueError(
+                f"ExitHead.loss: logits {tuple(logits.shape)}, targets {tuple(targets.shape)} and mask "
+                f"{tuple(mask.shape)} must have the same shape"
+            )
+        if mask.dtype != torch.bool:
+            raise ValueError(f"ExitHead.loss: mask must be a bool tensor, got dtype {mask.dtype}")
+        pos_weight = torch.tensor(self.config.pos_weight, device=logits.device)
+        per_position = F.binary_cross_entropy_with_logits(
+            logits.float(), targets.float(), pos_weight=pos_weight, reduction="none"
+        )
+        return per_position.masked_fill(~mask, 0.0).sum() / mask.sum().clamp_min(1)
+
+    def exit_probability(self, hidden: Tensor) -> Tensor:
+        """``sigmoid(logit)``: probability that the motion ends at each position."""
+        return torch.sigmoid(self.forward(hidden))

@@ -1,0 +1,389 @@
+"""Tests of llamo.core.heads: adapter/projector, rectified-flow head (loss, k-resampling, Euler + CFG), exit head."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from llamo.core.heads import (
+    ExitHead,
+    ExitHeadConfig,
+    FlowHead,
+    FlowHeadConfig,
+    MotionAdapter,
+    MotionProjector,
+)
+
+LATENT, COND = 6, 10
+
+
+def tiny_flow_head(**overrides: object) -> FlowHead:
+    fields: dict[str, object] = dict(latent_dim=LATENT, cond_dim=COND, width=32, depth=2, cond_dropout=0.0)
+    fields.update(overrides)
+    return FlowHead(FlowHeadConfig(**fields))  # type: ignore[arg-type]
+
+
+def perturbed(head: FlowHead, seed: int = 0) -> FlowHead:
+    """Overwrite the zero-initialised layers with noise so the head computes a non-trivial velocity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return head
+
+
+class RowCounter:
+    """Forward-pre hook on ``input_proj``: records how many rows the network saw per call."""
+
+    def __init__(self, head: FlowHead) -> None:
+        self.rows: list[int] = []
+        self.handle = head.input_proj.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        self.rows.append(args[0].shape[0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# adapter / projector
+
+
+@pytest.mark.parametrize(("cls", "d_in", "d_out"), [(MotionAdapter, 8, 24), (MotionProjector, 24, 12)])
+def test_adapter_projector_shapes_and_post_rmsnorm(cls: type[nn.Module], d_in: int, d_out: int) -> None:
+    module = cls(d_in, d_out)
+    with torch.no_grad():
+        module.norm.weight.copy_(torch.linspace(0.5, 2.0, d_out))
+    x = torch.randn(2, 5, d_in)
+    y = module(x)
+    assert y.shape == (2, 5, d_out)
+    # reference: two linears with exact GELU, then x / rms(x) * weight
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(d_in, d_out), (d_out, d_out)]
+    h = linears[1](F.gelu(linears[0](x)))
+    expected = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * module.norm.weight
+    torch.testing.assert_close(y, expected)
+    # with unit norm weights the output has unit RMS per token
+    with torch.no_grad():
+        module.norm.weight.fill_(1.0)
+    rms = module(x).pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms, torch.ones(2, 5), atol=1e-4, rtol=0)
+
+
+def test_adapter_projector_reject_wrong_width() -> None:
+    with pytest.raises(ValueError, match=r"latent_dim=8, got shape \(2, 3, 7\)"):
+        MotionAdapter(8, 16)(torch.randn(2, 3, 7))
+    with pytest.raises(ValueError, match=r"hidden_size=16, got shape \(4, 15\)"):
+        MotionProjector(16, 12)(torch.randn(4, 15))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# flow head: structure and init
+
+
+def test_flow_head_outputs_exact_zero_at_init() -> None:
+    head = tiny_flow_head()
+    x, t, cond = torch.randn(7, LATENT), torch.rand(7), torch.randn(7, COND)
+    v = head.velocity(x, t, cond)
+    assert v.shape == (7, LATENT)
+    assert torch.equal(v, torch.zeros_like(v))
+    # every residual block is the identity at init (zero gate)
+    h, y = torch.randn(7, 32), torch.randn(7, 32)
+    for block in head.blocks:
+        assert torch.equal(block(h, y), h)
+    # ... and the head is not degenerate once the zero layers move
+    assert perturbed(head).velocity(x, t, cond).abs().sum() > 0
+
+
+def test_flow_head_paper_size_parameter_count() -> None:
+    """1536 x 12 head with 32-dim latents and a 2048-dim condition: 152.4 M parameters (reference note §1.3)."""
+    with torch.device("meta"):
+        head = FlowHead(FlowHeadConfig(latent_dim=32, cond_dim=2048))
+    n = sum(p.numel() for p in head.parameters())
+    assert abs(n - 152.4e6) < 0.1e6, n
+
+
+# ---------------------------------------------------------------------------------------------------------
+# flow head: training loss
+
+
+def test_loss_resamples_k_times_without_rerunning_the_condition() -> None:
+    n, k = 5, 4
+    head = perturbed(tiny_flow_head(timestep_samples=k))
+    counter = RowCounter(head)
+    cond_seen: list[Tensor] = []
+    head.cond_embed.register_forward_pre_hook(lambda m, args: cond_seen.append(args[0].detach().clone()))
+    x0, cond = torch.randn(n, LATENT), torch.randn(n, COND)
+    loss = head.loss(x0, cond)
+    assert counter.rows == [n * k]  # one head call on N*k rows
+    torch.testing.assert_close(cond_seen[0], cond.repeat(k, 1), rtol=0, atol=0)  # tiled, not re-computed
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
+
+    head_k1 = perturbed(tiny_flow_head(timestep_samples=1))
+    counter_k1 = RowCounter(head_k1)
+    head_k1.loss(x0, cond)
+    assert counter_k1.rows == [n]
+
+
+def test_loss_matches_reference_rectified_flow_objective() -> None:
+    """Re-draw the same t and eps from a cloned generator and compute the loss by hand."""
+    n, k = 4, 3
+    head = perturbed(tiny_flow_head(timestep_samples=k))
+    x0, cond = torch.randn(n, LATENT), torch.randn(n, COND)
+    weight = torch.tensor([1.0, 0.0, 2.0, 1.0])
+    loss = head.loss(x0, cond, weight, generator=torch.Generator().manual_seed(3))
+
+    g = torch.Generator().manual_seed(3)
+    t = torch.sigmoid(torch.randn(n * k, generator=g))  # logit-normal
+    eps = torch.randn(n * k, LATENT, generator=g)
+    x0_k, cond_k, w_k = x0.repeat(k, 1), cond.repeat(k, 1), weight.repeat(k)
+    x_t = (1 - t[:, None]) * eps + t[:, None] * x0_k
+    per_row = (head.velocity(x_t, t, cond_k) - (x0_k - eps)).pow(2).mean(-1)
+    torch.testing.assert_close(loss, (per_row * w_k).sum() / w_k.sum())
+
+
+def test_loss_weights_mask_tokens_and_all_zero_gives_zero() -> None:
+    head = perturbed(tiny_flow_head())
+    x0, cond = torch.randn(6, LATENT), torch.randn(6, COND)
+    mask = torch.tensor([True, True, False, True, False, False])
+    g = torch.Generator().manual_seed(1)
+    masked = head.loss(x0, cond, mask, generator=g)
+    # changing a masked-out token's target does not change the loss
+    x0_changed = x0.clone()
+    x0_changed[2] += 100.0
+    again = head.loss(x0_changed, cond, mask, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(masked, again)
+    zero = head.loss(x0, cond, torch.zeros(6))
+    assert zero.item() == 0.0
+
+
+def test_gradient_reaches_cond() -> None:
+    head = perturbed(tiny_flow_head())
+    cond = torch.randn(5, COND, requires_grad=True)
+    head.loss(torch.randn(5, LATENT), cond).backward()
+    assert cond.grad is not None and cond.grad.abs().sum() > 0
+    # at initialisation the zero output layer blocks it: only that layer gets gradient on the first step
+    fresh = tiny_flow_head()
+    cond0 = torch.randn(5, COND, requires_grad=True)
+    fresh.loss(torch.randn(5, LATENT), cond0).backward()
+    assert cond0.grad is not None and torch.equal(cond0.grad, torch.zeros_like(cond0))
+    assert fresh.final_layer.linear.weight.grad.abs().sum() > 0
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients() -> None:
+    plain = perturbed(tiny_flow_head())
+    ckpt = tiny_flow_head(gradient_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x0, cond = torch.randn(5, LATENT), torch.randn(5, COND)
+    losses = [m.loss(x0, cond, generator=torch.Generator().manual_seed(2)) for m in (plain, ckpt)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[0], losses[1])
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_condition_dropout_uses_learned_null_condition() -> None:
+    head = perturbed(tiny_flow_head(cond_dropout=0.5, timestep_samples=1))
+    cond_seen: list[Tensor] = []
+    head.cond_embed.register_forward_pre_hook(lambda m, args: cond_seen.append(args[0].detach().clone()))
+    cond = torch.randn(200, COND)
+    head.train()
+    head.loss(torch.randn(200, LATENT), cond)
+    dropped = (cond_seen[0] == head.null_cond.detach()).all(-1)
+    kept = (cond_seen[0] == cond).all(-1)
+    assert bool((dropped | kept).all())
+    assert 60 < int(dropped.sum()) < 140  # ~Binomial(200, 0.5)
+    head.eval()  # no dropout outside training
+    head.loss(torch.randn(200, LATENT), cond)
+    assert torch.equal(cond_seen[1], cond)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# flow head: sampling
+
+
+def test_euler_steps_match_the_analytic_update() -> None:
+    head = perturbed(tiny_flow_head())
+    cond, eps = torch.randn(4, COND), torch.randn(4, LATENT)
+    one = head.sample(cond, steps=1, guidance_scale=1.0, noise=eps)
+    with torch.no_grad():
+        torch.testing.assert_close(one, eps + head.velocity(eps, 0.0, cond))
+        two = head.sample(cond, steps=2, guidance_scale=1.0, noise=eps)
+        x_half = eps + 0.5 * head.velocity(eps, 0.0, cond)
+        torch.testing.assert_close(two, x_half + 0.5 * head.velocity(x_half, 0.5, cond))
+    assert not torch.allclose(one, two)
+
+
+@pytest.mark.parametrize("steps", [1, 7, 50])
+def test_euler_recovers_target_of_a_solvable_velocity_field(steps: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """For v(x, t) = (x* - x) / (1 - t) (the rectified-flow velocity towards a point x*), Euler is exact."""
+    head = tiny_flow_head()
+    mapping = torch.randn(COND, LATENT)
+    cond = torch.randn(5, COND)
+    target = cond @ mapping
+
+    def field(x_t: Tensor, t: Tensor, c: Tensor) -> Tensor:
+        return (c @ mapping - x_t) / (1 - t)[:, None]
+
+    monkeypatch.setattr(head, "velocity", field)
+    out = head.sample(cond, steps=steps, guidance_scale=1.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, target, atol=1e-5, rtol=1e-5)
+
+
+def test_euler_with_constant_velocity_reaches_target_from_given_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    head = tiny_flow_head()
+    eps, target = torch.randn(3, LATENT), torch.randn(3, LATENT)
+    monkeypatch.setattr(head, "velocity", lambda x_t, t, c: target - eps)
+    out = head.sample(torch.randn(3, COND), steps=10, guidance_scale=1.0, noise=eps)
+    torch.testing.assert_close(out, target)
+
+
+def _manual_euler(head: FlowHead, cond: Tensor, eps: Tensor, steps: int, scale: float | None) -> Tensor:
+    """Reference sampler: separate conditional and null-conditional forwards."""
+    x = eps.clone()
+    null = head.null_cond.detach().expand_as(cond)
+    with torch.no_grad():
+        for i in range(steps):
+            t = torch.full((cond.shape[0],), i / steps)
+            v = head.velocity(x, t, cond)
+            if scale is not None:
+                v_u = head.velocity(x, t, null)
+                v = v_u + scale * (v - v_u)
+            x = x + v / steps
+    return x
+
+
+def test_cfg_with_scale_one_equals_conditional_sampler_and_scale_s_batches_both() -> None:
+    head = perturbed(tiny_flow_head())
+    cond, eps = torch.randn(4, COND), torch.randn(4, LATENT)
+    counter = RowCounter(head)
+    cond_only = head.sample(cond, steps=5, guidance_scale=1.0, noise=eps)
+    assert counter.rows == [4] * 5  # scale 1: no unconditional rows
+    torch.testing.assert_close(cond_only, _manual_euler(head, cond, eps, 5, None))
+    # the batched CFG path with s = 1 reduces to the conditional velocity
+    with torch.no_grad():
+        x, t = torch.randn(4, LATENT), torch.rand(4)
+        torch.testing.assert_close(head.guided_velocity(x, t, cond, 1.0), head.velocity(x, t, cond))
+
+    counter.rows.clear()
+    guided = head.sample(cond, steps=5, guidance_scale=3.0, noise=eps)
+    assert counter.rows == [8] * 5  # one forward per step on [cond; null]
+    torch.testing.assert_close(guided, _manual_euler(head, cond, eps, 5, 3.0))
+    assert not torch.allclose(guided, cond_only, atol=1e-3)
+
+
+def test_sampling_defaults_come_from_config() -> None:
+    head = perturbed(tiny_flow_head(sample_steps=3, guidance_scale=2.0))
+    counter = RowCounter(head)
+    cond, eps = torch.randn(2, COND), torch.randn(2, LATENT)
+    out = head.sample(cond, noise=eps)
+    assert counter.rows == [4, 4, 4]
+    torch.testing.assert_close(out, _manual_euler(head, cond, eps, 3, 2.0))
+
+
+def test_sampling_is_deterministic_under_a_seeded_generator() -> None:
+    head = perturbed(tiny_flow_head())
+    cond = torch.randn(3, COND)
+    a = head.sample(cond, steps=4, generator=torch.Generator().manual_seed(11))
+    b = head.sample(cond, steps=4, generator=torch.Generator().manual_seed(11))
+    c = head.sample(cond, steps=4, generator=torch.Generator().manual_seed(12))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    x0 = torch.randn(3, LATENT)
+    la = head.loss(x0, cond, generator=torch.Generator().manual_seed(5))
+    lb = head.loss(x0, cond, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(la, lb)
+
+
+def test_tiny_flow_head_overfits_a_fixed_mapping() -> None:
+    torch.manual_seed(0)
+    head = tiny_flow_head(latent_dim=4, cond_dim=8, width=64, depth=2)
+    cond, x0 = torch.randn(16, 8), torch.randn(16, 4)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(300):
+        loss = head.loss(x0, cond, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
+    assert first / last > 5.0, (first, last)
+    # the learnt flow carries noise to the right latent for each condition
+    sampled = head.sample(cond, steps=20, generator=torch.Generator().manual_seed(1))
+    assert (sampled - x0).pow(2).mean() < 0.1 * x0.pow(2).mean()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# flow head: bad input
+
+
+def test_flow_head_rejects_bad_input() -> None:
+    head = tiny_flow_head()
+    with pytest.raises(ValueError, match=rf"cond_dim={COND}, got shape \(3, {COND + 1}\)"):
+        head.sample(torch.randn(3, COND + 1))
+    with pytest.raises(ValueError, match=rf"latent_dim={LATENT}, got shape \(3, 5\)"):
+        head.loss(torch.randn(3, 5), torch.randn(3, COND))
+    with pytest.raises(ValueError, match=rf"cond_dim={COND}"):
+        head.loss(torch.randn(3, LATENT), torch.randn(3, 4))
+    with pytest.raises(ValueError, match="same leading dimensions"):
+        head.velocity(torch.randn(3, LATENT), 0.5, torch.randn(2, COND))
+    with pytest.raises(ValueError, match=r"weight has shape \(2,\), expected \(3,\)"):
+        head.loss(torch.randn(3, LATENT), torch.randn(3, COND), torch.ones(2))
+    with pytest.raises(ValueError, match=r"noise has shape \(3, 2\)"):
+        head.sample(torch.randn(3, COND), noise=torch.randn(3, 2))
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        head.sample(torch.randn(3, COND), steps=0)
+    with pytest.raises(ValueError, match="timestep_samples must be a positive integer"):
+        FlowHeadConfig(latent_dim=4, cond_dim=4, timestep_samples=0)
+    with pytest.raises(ValueError, match=r"cond_dropout must be in \[0, 1\)"):
+        FlowHeadConfig(latent_dim=4, cond_dim=4, cond_dropout=1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# exit head
+
+
+def test_exit_head_structure_five_linears_with_swish() -> None:
+    head = ExitHead(ExitHeadConfig(hidden_size=12, width=16))
+    layers = list(head.mlp)
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 5
+    assert [type(m) for m in layers] == [nn.Linear, nn.SiLU] * 4 + [nn.Linear]
+    assert (linears[0].in_features, linears[-1].out_features) == (12, 1)
+    logits = head(torch.randn(2, 7, 12))
+    assert logits.shape == (2, 7)
+    torch.testing.assert_close(head.exit_probability(torch.zeros(3, 12)), torch.sigmoid(head(torch.zeros(3, 12))))
+
+
+def test_exit_head_bce_equals_torch_reference_on_masked_positions() -> None:
+    head = ExitHead(ExitHeadConfig(hidden_size=8, width=8, pos_weight=7.5))
+    logits = head(torch.randn(3, 6, 8))
+    targets = (torch.rand(3, 6) < 0.3).float()
+    mask = torch.rand(3, 6) < 0.7
+    loss = head.loss(logits, targets, mask)
+    expected = F.binary_cross_entropy_with_logits(logits[mask], targets[mask], pos_weight=torch.tensor(7.5))
+    torch.testing.assert_close(loss, expected)
+    # pos_weight matters, masked positions don't, bool targets work
+    plain = F.binary_cross_entropy_with_logits(logits[mask], targets[mask])
+    assert not torch.allclose(loss, plain)
+    garbage = torch.where(mask, logits, torch.full_like(logits, 1e4))
+    torch.testing.assert_close(head.loss(garbage, targets.bool(), mask), expected)
+    assert head.loss(logits, targets, torch.zeros(3, 6, dtype=torch.bool)).item() == 0.0
+
+
+def test_exit_head_initial_probability_and_bad_input() -> None:
+    head = ExitHead(ExitHeadConfig(hidden_size=8, width=8, initial_probability=0.05))
+    assert math.isclose(head.mlp[-1].bias.item(), math.log(0.05 / 0.95), rel_tol=1e-6)
+    with pytest.raises(ValueError, match=r"hidden_size=8, got shape \(2, 9\)"):
+        head(torch.randn(2, 9))
+    with pytest.raises(ValueError, match="must have the same shape"):
+        head.loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must be a bool tensor"):
+        head.loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="pos_weight must be > 0"):
+        ExitHeadConfig(hidden_size=8, pos_weight=0.0)
