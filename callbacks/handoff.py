@@ -40,8 +40,9 @@ class StageHandoff(L.Callback):
         core = getattr(pl_module, "core", None)
         if core is None:
             raise ValueError(f"{type(pl_module).__name__} has no `core` attribute; StageHandoff loads into `core`")
-        out = load_stage_weights(core, self.load_from, expected_config=pl_module.core_config(),
-                                 expected_kind=type(core).__name__)
+        out = load_stage_weights(
+            core, self.load_from, expected_config=pl_module.core_config(), expected_kind=type(core).__name__
+        )
         self.loaded_keys = len(out.state_dict)
         log.info("handoff: loaded %d tensors from %s (stage %r) into core", self.loaded_keys, self.load_from, out.stage)
 
@@ -51,8 +52,14 @@ class StageHandoff(L.Callback):
         core = pl_module.core
         state_module = _FullStateView(core) if _is_sharded(core) else core
         if trainer.is_global_zero:
-            save_stage_output(self.save_to, state_module, pl_module.core_config(), kind=type(core).__name__,
-                              stage=pl_module.stage_name, excluded_prefixes=pl_module.handoff_excluded_prefixes())
+            save_stage_output(
+                self.save_to,
+                state_module,
+                pl_module.core_config(),
+                kind=type(core).__name__,
+                stage=pl_module.stage_name,
+                excluded_prefixes=pl_module.handoff_excluded_prefixes(),
+            )
             log.info("handoff: wrote %s", Path(self.save_to) / "handoff.safetensors")
         trainer.strategy.barrier("stage-handoff-saved")
 

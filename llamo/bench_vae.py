@@ -49,21 +49,27 @@ def streamed_latent_cost(vae: CausalMotionVAE, position: int, repeats: int = 20)
 def main() -> None:
     torch.manual_seed(0)
     print(f"\n## VAE (CPU threads: {torch.get_num_threads()})\n")
-    print("| size | params | encode+decode 300 frames x8 | frames/s | stream @10 | re-decode @10 | stream @300 "
-          "| re-decode @300 | ratio @300 |")
+    print(
+        "| size | params | encode+decode 300 frames x8 | frames/s | stream @10 | re-decode @10 | stream @300 "
+        "| re-decode @300 | ratio @300 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, cfg in SIZES.items():
         vae = CausalMotionVAE(cfg).eval()
         params = sum(p.numel() for p in vae.parameters()) / 1e6
         x = torch.randn(8, 300, cfg.feature_dim)
         with torch.no_grad():
-            t = _time(lambda: vae.decode(vae.encode(x).mu), repeats=2)
+            t = _time(lambda vae=vae, x=x: vae.decode(vae.encode(x).mu), repeats=2)
         s10, f10 = streamed_latent_cost(vae, 10)
         s300, f300 = streamed_latent_cost(vae, 300)
-        print(f"| {name} | {params:.1f} M | {t * 1e3:.0f} ms | {8 * 300 / t:,.0f} | {s10 * 1e3:.2f} ms | "
-              f"{f10 * 1e3:.2f} ms | {s300 * 1e3:.2f} ms | {f300 * 1e3:.1f} ms | {f300 / s300:.1f}x |")
-    print("\nstream @N: one new latent (4 frames) with the cached decoder; flat in N is the target. "
-          "re-decode @N: decode all N+1 latents again (MotionStreamer).")
+        print(
+            f"| {name} | {params:.1f} M | {t * 1e3:.0f} ms | {8 * 300 / t:,.0f} | {s10 * 1e3:.2f} ms | "
+            f"{f10 * 1e3:.2f} ms | {s300 * 1e3:.2f} ms | {f300 * 1e3:.1f} ms | {f300 / s300:.1f}x |"
+        )
+    print(
+        "\nstream @N: one new latent (4 frames) with the cached decoder; flat in N is the target. "
+        "re-decode @N: decode all N+1 latents again (MotionStreamer)."
+    )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ def save_stage_output(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # clone: safetensors refuses tensors that share storage (tied embeddings) and non-contiguous views
-    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in _selected(core.state_dict(), excluded_prefixes).items()}
+    tensors = {
+        k: v.detach().to("cpu").clone().contiguous() for k, v in _selected(core.state_dict(), excluded_prefixes).items()
+    }
     meta = {
         "kind": kind or type(core).__name__,
         "stage": stage,

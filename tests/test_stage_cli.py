@@ -93,8 +93,9 @@ def test_handoff_config_mismatch_is_one_clear_error(tmp_path: Path) -> None:
 def test_resume_wins_over_handoff(tmp_path: Path) -> None:
     cli_main(_args(tmp_path / "a", f"--handoff.save_to={tmp_path / 's1'}"))
     ckpt = next((tmp_path / "a").rglob("*.ckpt"))
-    cli = cli_main(_args(tmp_path / "b", f"--handoff.load_from={tmp_path / 's1'}", f"--ckpt_path={ckpt}",
-                         "--trainer.max_steps=4"))
+    cli = cli_main(
+        _args(tmp_path / "b", f"--handoff.load_from={tmp_path / 's1'}", f"--ckpt_path={ckpt}", "--trainer.max_steps=4")
+    )
     assert _handoff(cli).load_from is None and _handoff(cli).loaded_keys == 0
     assert cli.trainer.global_step == 4
 

@@ -9,7 +9,9 @@ from typing import Literal
 ScheduleName = Literal["constant", "cosine"]
 
 
-def lr_factor(schedule: ScheduleName, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> Callable[[int], float]:
+def lr_factor(
+    schedule: ScheduleName, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0
+) -> Callable[[int], float]:
     """Return ``step -> factor`` for ``torch.optim.lr_scheduler.LambdaLR``.
 
     Linear warm-up from ~0 to 1 over ``warmup_steps`` (MotionStreamer: ``(step+1)/(warmup+1)``), then either

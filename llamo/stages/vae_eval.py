@@ -1,0 +1,145 @@
+"""``llamo eval vae``: reconstruction quality of a trained VAE as a Table-2 row (paper §4.1).
+
+    llamo eval vae --ckpt runs/default/vae --data data/synth [--split test] [--json results.json]
+
+Protocol (MotionStreamer's TAE test, ``eval_causal_TAE.py``): clips of the split with at least ``--min-frames``
+frames, cropped to the first ``--max-frames`` and to a multiple of 4, normalised, passed through the full
+VAE (encode, **sampled** z, decode; ``--use-mean`` decodes mu instead), de-normalised; joints and rotations are
+recovered from the features. MPJPE is root-aligned and frame-weighted (mm), MPJRE the geodesic angle of local
+rotations (degrees), sJPE DisCoRD's per-clip sum over feet and wrists divided by frames (range [0, 4]), averaged
+over clips; Comp. = latent numbers / input numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from llamo.core.vae import CausalMotionVAE
+from llamo.data.humanml272 import MotionCorpus
+from llamo.data.latents import load_vae
+from llamo.data.motion_windows import WholeClips, collate_padded
+from llamo.motion.representation import recover_joints, recover_rotations
+from metrics.reconstruction import MPJPE, MPJRE, SJPE, compression_ratio
+
+
+@dataclass
+class VAEEvalResult:
+    """One Table-2 row."""
+
+    name: str
+    mpjpe: float
+    """mm, root-aligned, frame-weighted."""
+    mpjre: float
+    """degrees."""
+    sjpe: float
+    """DisCoRD sum over the 4 end effectors / frames, mean over clips."""
+    t_down: int
+    comp: float
+    """latent numbers / input numbers (fraction, printed as a percentage)."""
+    clips: int
+    frames: int
+
+    def table(self) -> str:
+        """Markdown header + row in Table 2's column order."""
+        header = "| model | MPJPE ↓ | MPJRE ↓ | sJPE ↓ | T.Down | Comp. ↓ |\n| --- | --- | --- | --- | --- | --- |"
+        row = (
+            f"| {self.name} | {self.mpjpe:.2f} | {self.mpjre:.2f} | {self.sjpe:.3f} | {self.t_down} | "
+            f"×{100 * self.comp:.2f}% |"
+        )
+        return f"{header}\n{row}"
+
+
+@torch.no_grad()
+def evaluate_vae(
+    vae: CausalMotionVAE,
+    corpus: MotionCorpus,
+    max_frames: int = 300,
+    batch_size: int = 32,
+    use_mean: bool = False,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    name: str | None = None,
+    progress: bool = True,
+) -> VAEEvalResult:
+    """Reconstruct every clip of ``corpus`` and measure it (see the module docstring for the protocol)."""
+    cfg = vae.config
+    vae = vae.to(device).eval()
+    dataset = WholeClips(corpus, max_frames=max_frames, multiple=cfg.downsample)
+    # sorted by length so padded batches waste little; the metrics are order-independent
+    clips = sorted((dataset[i] for i in range(len(dataset))), key=len)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    metrics = {"mpjpe": MPJPE(), "mpjre": MPJRE(), "sjpe": SJPE()}
+    frames = 0
+    for start in tqdm(range(0, len(clips), batch_size), desc="eval vae", unit="batch", disable=not progress):
+        batch = collate_padded(clips[start : start + batch_size])
+        motion, lengths = batch["motion"].to(device), batch["lengths"].to(device)
+        recon = vae(motion, lengths, sample=not use_mean, generator=generator).recon
+        gt = corpus.normalizer.denormalise(motion.double())  # (B, T, 272) raw features
+        pred = corpus.normalizer.denormalise(recon.double())
+        gt_joints, pred_joints = recover_joints(gt), recover_joints(pred)  # (B, T, 22, 3)
+        metrics["mpjpe"].update(pred_joints, gt_joints, lengths)
+        metrics["sjpe"].update(pred_joints, gt_joints, lengths)
+        metrics["mpjre"].update(recover_rotations(pred), recover_rotations(gt), lengths)
+        frames += int(lengths.sum())
+    values = {k: float(m.compute()) for k, m in metrics.items()}
+    return VAEEvalResult(
+        name=name or f"CausalVAE-z{cfg.latent_dim} ({cfg.variance})",
+        t_down=cfg.downsample,
+        comp=compression_ratio(cfg.latent_dim, cfg.downsample, cfg.feature_dim),
+        clips=len(clips),
+        frames=frames,
+        **values,
+    )
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        type=Path,
+        help="VAE stage output folder (holds handoff.safetensors + config.json), e.g. runs/default/vae",
+    )
+    parser.add_argument("--data", required=True, type=Path, help="HumanML3D-272 style dataset folder")
+    parser.add_argument("--split", default="test", help="split to reconstruct (default: test)")
+    parser.add_argument("--min-frames", type=int, default=60, help="shortest clip kept (MotionStreamer: 60)")
+    parser.add_argument("--max-frames", type=int, default=300, help="clips are cropped to this many frames")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--use-mean", action="store_true", help="decode mu instead of a sampled z")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the latent noise")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--name", default=None, help="row label (default: CausalVAE-z<latent> (<variance>))")
+    parser.add_argument("--json", type=Path, default=None, help="also write the row as JSON to this file")
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    if args.max_frames < 4 or args.min_frames < 4 or args.batch_size < 1:
+        raise ValueError(
+            f"--max-frames and --min-frames must be >= 4 and --batch-size >= 1, got {args.max_frames}, "
+            f"{args.min_frames}, {args.batch_size}"
+        )
+    vae = load_vae(args.ckpt)
+    corpus = MotionCorpus(args.data, split=args.split, min_length=args.min_frames)
+    if len(corpus) == 0:
+        raise ValueError(f"split {args.split!r} of {args.data} has no clip with >= {args.min_frames} frames")
+    result = evaluate_vae(
+        vae,
+        corpus,
+        max_frames=args.max_frames,
+        batch_size=args.batch_size,
+        use_mean=args.use_mean,
+        seed=args.seed,
+        device=args.device,
+        name=args.name,
+    )
+    print(result.table())
+    print(f"({result.clips} clips, {result.frames} frames of split {args.split!r})")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return 0
