@@ -1,0 +1,131 @@
+"""Tiny builders shared by test_llm.py, test_mot.py, test_model.py and test_format.py (not a test module).
+
+Random fp32 Llama configs (GQA and not, tied and untied), a word-level tokenizer with a ChatML template, a
+tiny `LLaMoConfig` and a mixed text-to-motion / motion-to-text batch built through the real formatter.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from llamo.core.llm import LLMConfig, build_random_llm
+from llamo.core.model import LLaMo, LLaMoConfig
+from llamo.data.format import MotionSpan, MotionTextBatch, SequenceFormatter, collate_samples
+
+VOCAB = 64
+LATENT_DIM = 8
+
+#: tiny Llama shapes: GQA + tied, MHA + untied, GQA + untied with 3 layers and head_dim != hidden / heads
+LLAMA_CONFIGS: dict[str, dict[str, Any]] = {
+    "gqa_tied": dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        tie_word_embeddings=True,
+    ),
+    "mha_untied": dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=40,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=8,
+        tie_word_embeddings=False,
+    ),
+    "gqa3_untied": dict(
+        vocab_size=VOCAB,
+        hidden_size=24,
+        intermediate_size=40,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=6,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+    ),
+}
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+WORDS = (
+    "<unk> <pad> <s> </s> <|im_start|> <|im_end|> user assistant system a person walks forward then turns left and "
+    "jumps runs in circle generate motion matching the following description describe this one sentence : . ,"
+).split()
+
+
+def tiny_tokenizer(chat_template: str | None = CHATML) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer (lower-case words above, ``<unk>`` otherwise) with a ChatML template."""
+    model = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    model.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=model,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    tok.chat_template = chat_template
+    return tok
+
+
+def random_llm(name: str, seed: int = 0) -> LlamaForCausalLM:
+    """A seeded random tiny Llama whose RMSNorm weights are also random (HF initialises them to 1, which would
+    hide a text/motion norm mix-up)."""
+    llm = build_random_llm(LLAMA_CONFIGS[name], seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for param_name, param in llm.named_parameters():
+            if "norm" in param_name:
+                param.copy_(0.5 + torch.rand(param.shape, generator=gen))
+    return llm.eval()
+
+
+def tiny_llamo_config(name: str, mot: bool = True, **overrides: Any) -> LLaMoConfig:
+    """A tiny LLaMoConfig on the named Llama shape (heads of width 16)."""
+    fields: dict[str, Any] = dict(
+        llm=LLMConfig(config=dict(LLAMA_CONFIGS[name])),
+        latent_dim=LATENT_DIM,
+        cond_dim=16,
+        mot=mot,
+        flow_head=dict(width=16, depth=2, timestep_samples=2, sample_steps=4),
+        exit_head=dict(width=16, pos_weight=3.0),
+    )
+    fields.update(overrides)
+    return LLaMoConfig(**fields)
+
+
+def tiny_llamo(name: str, mot: bool = True, seed: int = 0, **overrides: Any) -> tuple[LLaMo, LlamaForCausalLM]:
+    """(LLaMo, pristine deep copy of its base model taken before LLaMo touched it)."""
+    llm = random_llm(name, seed)
+    reference = copy.deepcopy(llm)
+    torch.manual_seed(seed)
+    return LLaMo(tiny_llamo_config(name, mot, **overrides), llm=llm), reference
+
+
+def mixed_batch(model: LLaMo, seed: int = 0) -> MotionTextBatch:
+    """Two text-to-motion and one motion-to-text sample (different lengths, so one row is padded)."""
+    gen = torch.Generator().manual_seed(seed)
+    formatter = SequenceFormatter(tiny_tokenizer(), model.bom_id, model.eom_id, model.config.latent_dim)
+
+    def latents(n: int) -> torch.Tensor:
+        return torch.randn(n, model.config.latent_dim, generator=gen)
+
+    samples = [
+        formatter.text_to_motion("a person walks forward then turns left", MotionSpan(latents(5))),
+        formatter.motion_to_text(MotionSpan(latents(4)), "a person jumps ."),
+        formatter.text_to_motion("a person runs in circle", MotionSpan(latents(3))),
+    ]
+    return collate_samples(samples, formatter.pad_id)
