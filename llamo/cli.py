@@ -20,6 +20,9 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("render",): ("llamo.motion.render", "draw a 272-dim clip as gif/mp4/png filmstrip"),
     ("prepare-llm",): ("llamo.core.llm", "convert the packaged SmolLM2-135M-Instruct GGUF into a cached HF folder"),
     ("eval", "vae"): ("llamo.stages.vae_eval", "print a Table-2 row (MPJPE, MPJRE, sJPE, T.Down, Comp.) for a VAE"),
+    ("generate",): ("llamo.generate_cli", "stream text-to-motion from a trained run (gif/mp4/png/npy, frames/s)"),
+    ("caption",): ("llamo.caption_cli", "describe a motion clip with a trained run (motion-to-text)"),
+    ("chat",): ("llamo.chat_cli", "text chat with a trained run (the frozen base model's answers)"),
 }
 
 #: commands handled by LightningCLI (training stages)
@@ -45,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] in LIGHTNING_COMMANDS:
         from llamo.stages.cli import cli_main
 
-        cli_main(args)
+        # from the console LightningCLI reads sys.argv itself (passing both makes it warn)
+        cli_main(args if argv is not None else None)
         return 0
     for words, (module_name, text) in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
         if tuple(args[: len(words)]) == words:

@@ -30,9 +30,9 @@ from transformers import LlamaForCausalLM
 from transformers.cache_utils import Cache
 
 from llamo.core.heads import ExitHead, ExitHeadConfig, FlowHead, FlowHeadConfig, MotionAdapter, MotionProjector
-from llamo.core.llm import AddedTokenRows, LLMConfig, build_llm
+from llamo.core.llm import AddedTokenRows, LLMConfig, build_llm, load_tokenizer
 from llamo.core.mot import MoTLlama, MoTOutput, Routing
-from llamo.data.format import IGNORE_INDEX, MotionTextBatch, check_motion_layout
+from llamo.data.format import IGNORE_INDEX, MotionTextBatch, SequenceFormatter, check_motion_layout
 
 __all__ = ["LLaMo", "LLaMoConfig", "LossConfig", "ParameterCounts"]
 
@@ -114,6 +114,9 @@ class LLaMoConfig:
         if not p.is_file():
             raise FileNotFoundError(f"model config {p} does not exist (see experiments/model/*.yaml)")
         data = yaml.safe_load(p.read_text())
+        if isinstance(data, dict) and "model" in data:
+            # a LightningCLI overlay (experiments/model/*.yaml): the config sits under model.init_args.core
+            data = (data["model"] or {}).get("init_args", {}).get("core")
         if not isinstance(data, dict):
             raise ValueError(f"{p} must hold a mapping of LLaMoConfig fields, got {type(data).__name__}")
         try:
@@ -173,6 +176,7 @@ class LLaMo(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
+        self._tokenizer: Any = None  # loaded on first use by `sequence_formatter`
         llm = build_llm(config.llm, device) if llm is None else llm
         self.mot = MoTLlama(llm, enabled=config.mot)
         if config.mot:
@@ -218,6 +222,14 @@ class LLaMo(nn.Module):
     def eom_id(self) -> int:
         """Token id of [EOM] (= V + 1)."""
         return self.base_vocab_size + 1
+
+    def sequence_formatter(self, chat_template: str | None = None) -> SequenceFormatter:
+        """The `SequenceFormatter` for this model: its tokenizer (``config.llm``) and [BOM]/[EOM] ids."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.config.llm.tokenizer_path)
+        return SequenceFormatter(
+            self._tokenizer, self.bom_id, self.eom_id, self.config.latent_dim, chat_template=chat_template
+        )
 
     def frozen_prefixes(self) -> list[str]:
         """State-dict prefixes that never train (the base LLM under MoT): a handoff may leave them out."""
@@ -295,8 +307,16 @@ class LLaMo(nn.Module):
 
     # -- training --------------------------------------------------------------------------------------
 
-    def loss(self, batch: MotionTextBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def loss(
+        self,
+        batch: MotionTextBatch,
+        generator: torch.Generator | None = None,
+        lambda_ntp: float | None = None,
+        lambda_end: float | None = None,
+    ) -> dict[str, Tensor]:
         """Eq. 7 on a formatted batch: ``{"loss", "fm", "ntp", "end"}`` (scalars; a term without positions is 0).
+
+        ``lambda_ntp``/``lambda_end`` are the stage's weights (paper Table 1); None falls back to ``config.loss``.
 
         In training mode, input latents of generated spans get N(0, input_noise_std^2) noise; FM targets are
         the clean latents. ``generator`` seeds the noise, the flow timesteps and the condition dropout.
@@ -335,8 +355,9 @@ class LLaMo(nn.Module):
         else:
             end = zero
 
-        weights = self.config.loss
-        total = fm + weights.lambda_ntp * ntp + weights.lambda_end * end
+        w_ntp = self.config.loss.lambda_ntp if lambda_ntp is None else lambda_ntp
+        w_end = self.config.loss.lambda_end if lambda_end is None else lambda_end
+        total = fm + w_ntp * ntp + w_end * end
         return {"loss": total, "fm": fm.detach(), "ntp": ntp.detach(), "end": end.detach()}
 
     # -- bookkeeping -----------------------------------------------------------------------------------

@@ -1,0 +1,193 @@
+"""DataModule of the three LLaMo stages: cached VAE latents + captions, mixed text-to-motion / motion-to-text.
+
+Every clip is encoded once by the frozen VAE (:mod:`llamo.data.latents`, cached on disk per VAE checkpoint).
+Each sample's task (text-to-motion with probability ``t2m_ratio``, else motion-to-text), its caption and its
+crop are drawn from a hash of ``(seed, epoch, clip index)``, so a batch mixes tasks by the stage's ratio and a
+resumed run sees exactly the samples an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from llamo.data.format import FormattedSample, MotionTextBatch, SequenceFormatter, collate_samples
+from llamo.data.latents import LatentSet, build_latents
+
+
+def _uniform(*key: object) -> float:
+    """Deterministic U[0, 1) from a key (stable across processes and Python runs, unlike ``hash``)."""
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles with a generator seeded by ``(seed, epoch)``; Lightning calls :meth:`set_epoch` every epoch."""
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.size))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class MotionTextDataset(Dataset[FormattedSample]):
+    """Formatted samples from a :class:`LatentSet`; the task of each item depends on ``(seed, epoch, index)``."""
+
+    def __init__(
+        self,
+        latents: LatentSet,
+        formatter: SequenceFormatter,
+        t2m_ratio: float,
+        max_latents: int,
+        seed: int = 0,
+        random_crop: bool = True,
+    ) -> None:
+        if not 0.0 <= t2m_ratio <= 1.0:
+            raise ValueError(f"t2m_ratio must be in [0, 1], got {t2m_ratio}")
+        if len(latents) == 0:
+            raise ValueError("no clips to train on (the split is empty or every clip was filtered out)")
+        self.latents, self.formatter = latents, formatter
+        self.t2m_ratio, self.max_latents, self.seed, self.random_crop = t2m_ratio, max_latents, seed, random_crop
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def task(self, index: int) -> str:
+        """``"t2m"`` or ``"m2t"`` for this item in the current epoch."""
+        return "t2m" if _uniform(self.seed, self.epoch, index, "task") < self.t2m_ratio else "m2t"
+
+    def __getitem__(self, index: int) -> FormattedSample:
+        z = self.latents.latents[index]
+        if len(z) > self.max_latents:
+            start = int(_uniform(self.seed, self.epoch, index, "crop") * (len(z) - self.max_latents + 1))
+            start = start if self.random_crop else 0
+            z = z[start : start + self.max_latents]
+        captions = self.latents.captions[index]
+        caption = captions[int(_uniform(self.seed, self.epoch, index, "caption") * len(captions))]
+        if self.task(index) == "t2m":
+            return self.formatter.text_to_motion(caption, z)
+        return self.formatter.motion_to_text(z, caption)
+
+
+class LLaMoDataModule(L.LightningDataModule):
+    """Motion-text batches for the LLaMo stages.
+
+    Args:
+        root: Corpus folder in the HumanML3D-272 layout (e.g. the output of ``llamo data synth``).
+        vae_dir: Output folder of the VAE stage (``runs/<exp>/vae``); its latents are cached under it.
+        t2m_ratio: Share of text-to-motion samples (paper Table 1: 0.5 / 0.8 / 1.0 for stages 1 / 2 / 3).
+        expressive_only: Train only on clips that pass the end-effector speed filter (paper stage 3).
+        expressive_threshold: Speed in m/s an end effector must reach for a clip to count as expressive.
+        batch_size: Samples per batch (per process).
+        max_latents: Longest motion span in latent tokens (75 = 300 frames); longer clips are cropped.
+        max_frames: Frames of each clip that are encoded into the cache.
+        val_split: Split used for validation (None: no validation loop).
+        num_workers: DataLoader workers.
+        cache_dir: Where latents are cached (default: ``<vae_dir>/latent_cache``).
+        seed: Seed of the task/caption/crop draws and of the shuffling.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/synth",
+        vae_dir: str = "runs/default/vae",
+        t2m_ratio: float = 0.5,
+        expressive_only: bool = False,
+        expressive_threshold: float = 0.05,
+        batch_size: int = 8,
+        max_latents: int = 75,
+        max_frames: int = 300,
+        val_split: str | None = "val",
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.formatter: SequenceFormatter | None = None
+        self.train_set: MotionTextDataset | None = None
+        self.val_set: MotionTextDataset | None = None
+
+    def _latents(self, split: str) -> LatentSet:
+        h = self.hparams
+        if not Path(h.root).is_dir():
+            raise FileNotFoundError(f"data.root={h.root!r} is not a folder; run `llamo data synth --out {h.root}`")
+        latents = build_latents(
+            h.vae_dir,
+            h.root,
+            split,
+            cache_dir=h.cache_dir,
+            max_frames=h.max_frames,
+            expressive_threshold=h.expressive_threshold,
+        )
+        return latents.subset(latents.expressive) if h.expressive_only else latents
+
+    def setup(self, stage: str) -> None:
+        if self.formatter is None:
+            core = getattr(self.trainer.lightning_module if self.trainer else None, "core", None)
+            if core is None or not hasattr(core, "sequence_formatter"):
+                raise ValueError(
+                    "LLaMoDataModule needs a SequenceFormatter: set `.formatter` or train it with a "
+                    "LLaMo stage whose core provides `sequence_formatter()`"
+                )
+            self.formatter = core.sequence_formatter()
+        h = self.hparams
+        if self.train_set is None:
+            self.train_set = MotionTextDataset(
+                self._latents("train"), self.formatter, h.t2m_ratio, h.max_latents, h.seed
+            )
+        if h.val_split and self.val_set is None:
+            self.val_set = MotionTextDataset(
+                self._latents(h.val_split), self.formatter, h.t2m_ratio, h.max_latents, h.seed + 1, random_crop=False
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the stage at every training epoch start: re-draws tasks, captions and crops."""
+        if self.train_set is not None:
+            self.train_set.epoch = epoch
+
+    def _collate(self) -> Callable[[list[FormattedSample]], MotionTextBatch]:
+        assert self.formatter is not None
+        return functools.partial(collate_samples, pad_id=self.formatter.pad_id)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None
+        return DataLoader(
+            self.train_set,
+            batch_size=self.hparams.batch_size,
+            sampler=EpochShuffleSampler(len(self.train_set), self.hparams.seed),
+            collate_fn=self._collate(),
+            num_workers=self.hparams.num_workers,
+            drop_last=False,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return DataLoader(
+            self.val_set,
+            batch_size=self.hparams.batch_size,
+            shuffle=False,
+            collate_fn=self._collate(),
+            num_workers=self.hparams.num_workers,
+        )
+
+    def transfer_batch_to_device(self, batch: MotionTextBatch, device: torch.device, dataloader_idx: int) -> object:
+        return batch.to(device)

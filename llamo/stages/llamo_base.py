@@ -1,0 +1,162 @@
+"""Shared plumbing of the three LLaMo stages (paper §3.4, Table 1); each stage only names what it trains.
+
+A stage declares its trainable parameter groups (``backbone``: motion branch, adapter, projector, [BOM]/[EOM]
+rows; ``heads``: flow head, exit head) via :meth:`LLaMoStage.trainable_groups`; everything else is frozen.
+Each group gets its own learning-rate schedule (Table 1 has distinct AR and head schedulers) through one
+``LambdaLR`` with a factor per group. Loss weights lambda1 (NTP) and lambda2 (End) are stage arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from llamo.core.model import LLaMo, LLaMoConfig
+from llamo.data.format import MotionTextBatch, SequenceFormatter
+from llamo.stages.base import StageModule
+from llamo.stages.schedules import ScheduleName, lr_factor
+
+#: paper §7.2: AdamW with betas (0.9, 0.95)
+DEFAULT_BETAS = (0.9, 0.95)
+
+
+class LLaMoStage(StageModule):
+    """Base of :class:`~llamo.stages.align.AlignStage`, :class:`~llamo.stages.joint.JointStage`,
+    :class:`~llamo.stages.anneal.AnnealStage`.
+
+    Args:
+        core: Model configuration (base LLM, MoT on/off, head sizes); ``experiments/model/<size>.yaml``.
+        lr: Base learning rate of every trainable group (Table 1: 1e-4 / 1e-4 / 1e-5).
+        backbone_schedule: LR schedule of the backbone group (motion branch, adapter, projector, [BOM]/[EOM]).
+        head_schedule: LR schedule of the heads group (flow head, exit head).
+        warmup_steps: Linear warm-up steps of every group.
+        min_lr_ratio: Final LR of a cosine schedule as a fraction of ``lr``.
+        lambda_ntp: Weight lambda1 of the next-token (caption) cross-entropy.
+        lambda_end: Weight lambda2 of the exit-head binary cross-entropy.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        seed: Seed of the per-step noise (teacher forcing, flow timesteps, condition dropout); combined with
+            the global step so a resumed run draws the same noise as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        core: LLaMoConfig,
+        lr: float = 1e-4,
+        backbone_schedule: ScheduleName = "constant",
+        head_schedule: ScheduleName = "constant",
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+        lambda_ntp: float = 0.05,
+        lambda_end: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = DEFAULT_BETAS,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.core = LLaMo(core)
+        self._apply_trainable()
+
+    # -- what trains -------------------------------------------------------------------------------------
+
+    def motion_branch(self) -> list[nn.Parameter]:
+        """The motion branch: MoT twins, or (w/o MoT) the whole shared LLM that is then fine-tuned."""
+        if self.core.config.mot:
+            return list(self.core.mot.motion_parameters())
+        return list(self.core.llm.parameters())
+
+    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``{"backbone": [...], "heads": [...]}``: parameters this stage trains (others are frozen)."""
+        raise ValueError(
+            "LLaMoStage is the shared base of the LLaMo stages and trains nothing by itself; compose a stage file "
+            "after the model file: --config experiments/model/<size>.yaml --config experiments/stage{1,2,3}.yaml"
+        )
+
+    def _apply_trainable(self) -> None:
+        self.core.requires_grad_(False)
+        for params in self.trainable_groups().values():
+            for p in params:
+                p.requires_grad_(True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        h = self.hparams
+        groups = {name: [p for p in ps if p.requires_grad] for name, ps in self.trainable_groups().items()}
+        groups = {name: ps for name, ps in groups.items() if ps}
+        schedules = {"backbone": h.backbone_schedule, "heads": h.head_schedule}
+        total = int(self.trainer.estimated_stepping_batches) if self.trainer.max_steps != 0 else 1
+        optimizer = torch.optim.AdamW(
+            [{"params": ps, "name": name} for name, ps in groups.items()],
+            lr=h.lr,
+            betas=tuple(h.betas),
+            weight_decay=h.weight_decay,
+        )
+        factors = [lr_factor(schedules[name], max(total, 1), h.warmup_steps, h.min_lr_ratio) for name in groups]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- handoff -------------------------------------------------------------------------------------------
+
+    def core_config(self) -> dict[str, Any]:
+        cfg = self.core.config.to_dict()
+        # loss settings are training choices of a stage, not part of the architecture handed on
+        cfg.pop("loss", None)
+        return cfg
+
+    def handoff_excluded_prefixes(self) -> list[str]:
+        return self.core.frozen_prefixes()
+
+    def sequence_formatter(self) -> SequenceFormatter:
+        """The formatter the DataModule uses (tokenizer + [BOM]/[EOM] ids of this core)."""
+        return self.core.sequence_formatter()
+
+    # -- steps ---------------------------------------------------------------------------------------------
+
+    def on_train_epoch_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "set_epoch"):
+            datamodule.set_epoch(self.current_epoch)
+
+    def _generator(self, offset: int = 0) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * 101 + offset)
+        return g
+
+    def _losses(self, batch: MotionTextBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return self.core.loss(
+            batch, generator=generator, lambda_ntp=self.hparams.lambda_ntp, lambda_end=self.hparams.lambda_end
+        )
+
+    def training_step(self, batch: MotionTextBatch, batch_idx: int) -> torch.Tensor:
+        terms = self._losses(batch, self._generator(self.global_rank))
+        self.check_finite(terms)
+        size = batch.input_ids.shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=True, batch_size=size)
+        return terms["loss"]
+
+    def validation_step(self, batch: MotionTextBatch, batch_idx: int) -> None:
+        terms = self._losses(batch, self._generator(10_000 + batch_idx))
+        size = batch.input_ids.shape[0]
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=size, sync_dist=True)
+
+    # -- sharding (experiments/strategies/fsdp2.yaml) -------------------------------------------------------
+
+    def configure_model(self) -> None:
+        """FSDP2 under ``ModelParallelStrategy``: shard every MLP (text and motion twins) and the root.
+
+        MoT calls each layer's norms, projections and MLP directly (per modality) instead of the layer's own
+        ``forward``, so the shard unit is a module whose ``forward`` runs: the MLPs (most of the weights),
+        with everything else in the root unit.
+        """
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is None:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        dp = mesh["data_parallel"]
+        for module in self.core.modules():
+            if type(module).__name__ == "LlamaMLP":
+                fully_shard(module, mesh=dp)
+        fully_shard(self.core, mesh=dp)
