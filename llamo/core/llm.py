@@ -240,9 +240,17 @@ def load_llm(
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """The tokenizer saved in a local HF folder (or the prepared SmolLM2 for ``smollm2``)."""
+    """The tokenizer saved in a local HF folder, or SmolLM2's for ``smollm2``.
+
+    SmolLM2's tokenizer is read from the prepared folder when `prepare_smollm2` ran, else straight from the
+    packaged GGUF (a few seconds, no weight conversion): tiny random models that borrow this tokenizer then
+    need no ``llamo prepare-llm``.
+    """
     from transformers import AutoTokenizer
 
+    if str(path) == SMOLLM2 and not _is_prepared(smollm2_dir()):
+        gguf = _smollm2_gguf()
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     folder = resolve_llm_path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"tokenizer folder {folder} does not exist")

@@ -1,9 +1,11 @@
 """DataModule of the three LLaMo stages: cached VAE latents + captions, mixed text-to-motion / motion-to-text.
 
 Every clip is encoded once by the frozen VAE (:mod:`llamo.data.latents`, cached on disk per VAE checkpoint).
-Each sample's task (text-to-motion with probability ``t2m_ratio``, else motion-to-text), its caption and its
-crop are drawn from a hash of ``(seed, epoch, clip index)``, so a batch mixes tasks by the stage's ratio and a
-resumed run sees exactly the samples an uninterrupted one would.
+Training reads an endless stream of sample *positions*: position ``q`` is clip ``perm_p[q mod N]`` of the
+``p = q div N``-th shuffled pass, and its task (text-to-motion with probability ``t2m_ratio``, else
+motion-to-text), caption and crop are drawn from a hash of ``(seed, q)``. The stage tells the sampler where
+the stream starts (``global_step x batch size x world size``), so a batch mixes tasks by the stage's ratio and
+a resumed run sees exactly the samples an uninterrupted one would, whatever Lightning's epoch bookkeeping.
 """
 
 from __future__ import annotations
@@ -27,27 +29,21 @@ def _uniform(*key: object) -> float:
     return int.from_bytes(digest, "little") / 2**64
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """Shuffles with a generator seeded by ``(seed, epoch)``; Lightning calls :meth:`set_epoch` every epoch."""
+class PositionSampler(Sampler[int]):
+    """Yields ``size`` consecutive stream positions from ``start`` (set by the stage before every epoch)."""
 
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True) -> None:
-        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, size: int) -> None:
+        self.size, self.start = size, 0
 
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.size))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=g).tolist())
+        return iter(range(self.start, self.start + self.size))
 
     def __len__(self) -> int:
         return self.size
 
 
 class MotionTextDataset(Dataset[FormattedSample]):
-    """Formatted samples from a :class:`LatentSet`; the task of each item depends on ``(seed, epoch, index)``."""
+    """Formatted samples from a :class:`LatentSet`, indexed by stream position (see the module docstring)."""
 
     def __init__(
         self,
@@ -56,32 +52,43 @@ class MotionTextDataset(Dataset[FormattedSample]):
         t2m_ratio: float,
         max_latents: int,
         seed: int = 0,
-        random_crop: bool = True,
+        shuffle: bool = True,
     ) -> None:
         if not 0.0 <= t2m_ratio <= 1.0:
             raise ValueError(f"t2m_ratio must be in [0, 1], got {t2m_ratio}")
         if len(latents) == 0:
             raise ValueError("no clips to train on (the split is empty or every clip was filtered out)")
         self.latents, self.formatter = latents, formatter
-        self.t2m_ratio, self.max_latents, self.seed, self.random_crop = t2m_ratio, max_latents, seed, random_crop
-        self.epoch = 0
+        self.t2m_ratio, self.max_latents, self.seed, self.shuffle = t2m_ratio, max_latents, seed, shuffle
+        self._perms: dict[int, list[int]] = {}
 
     def __len__(self) -> int:
         return len(self.latents)
 
-    def task(self, index: int) -> str:
-        """``"t2m"`` or ``"m2t"`` for this item in the current epoch."""
-        return "t2m" if _uniform(self.seed, self.epoch, index, "task") < self.t2m_ratio else "m2t"
+    def clip(self, position: int) -> int:
+        """Clip index at a stream position: the ``position mod N``-th entry of that pass's permutation."""
+        n = len(self.latents)
+        epoch, offset = divmod(position, n)
+        if not self.shuffle:
+            return offset
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perms = {epoch: torch.randperm(n, generator=g).tolist()}  # one pass at a time is enough
+        return self._perms[epoch][offset]
 
-    def __getitem__(self, index: int) -> FormattedSample:
+    def task(self, position: int) -> str:
+        """``"t2m"`` or ``"m2t"`` for the sample at this stream position."""
+        return "t2m" if _uniform(self.seed, position, "task") < self.t2m_ratio else "m2t"
+
+    def __getitem__(self, position: int) -> FormattedSample:
+        index = self.clip(position)
         z = self.latents.latents[index]
         if len(z) > self.max_latents:
-            start = int(_uniform(self.seed, self.epoch, index, "crop") * (len(z) - self.max_latents + 1))
-            start = start if self.random_crop else 0
+            start = int(_uniform(self.seed, position, "crop") * (len(z) - self.max_latents + 1)) if self.shuffle else 0
             z = z[start : start + self.max_latents]
         captions = self.latents.captions[index]
-        caption = captions[int(_uniform(self.seed, self.epoch, index, "caption") * len(captions))]
-        if self.task(index) == "t2m":
+        caption = captions[int(_uniform(self.seed, position, "caption") * len(captions))]
+        if self.task(position) == "t2m":
             return self.formatter.text_to_motion(caption, z)
         return self.formatter.motion_to_text(z, caption)
 
@@ -124,6 +131,7 @@ class LLaMoDataModule(L.LightningDataModule):
         self.formatter: SequenceFormatter | None = None
         self.train_set: MotionTextDataset | None = None
         self.val_set: MotionTextDataset | None = None
+        self._sampler: PositionSampler | None = None
 
     def _latents(self, split: str) -> LatentSet:
         h = self.hparams
@@ -153,15 +161,16 @@ class LLaMoDataModule(L.LightningDataModule):
             self.train_set = MotionTextDataset(
                 self._latents("train"), self.formatter, h.t2m_ratio, h.max_latents, h.seed
             )
+            self._sampler = PositionSampler(len(self.train_set))
         if h.val_split and self.val_set is None:
             self.val_set = MotionTextDataset(
-                self._latents(h.val_split), self.formatter, h.t2m_ratio, h.max_latents, h.seed + 1, random_crop=False
+                self._latents(h.val_split), self.formatter, h.t2m_ratio, h.max_latents, h.seed + 1, shuffle=False
             )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the stage at every training epoch start: re-draws tasks, captions and crops."""
-        if self.train_set is not None:
-            self.train_set.epoch = epoch
+    def set_start(self, global_step: int, world_size: int = 1) -> None:
+        """Called by the stage before every training epoch: the stream continues at the step's position."""
+        assert self._sampler is not None
+        self._sampler.start = global_step * self.hparams.batch_size * world_size
 
     def _collate(self) -> Callable[[list[FormattedSample]], MotionTextBatch]:
         assert self.formatter is not None
@@ -169,13 +178,14 @@ class LLaMoDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None
+        # drop_last: every step consumes exactly batch_size positions, so the stream start is step x batch size
         return DataLoader(
             self.train_set,
             batch_size=self.hparams.batch_size,
-            sampler=EpochShuffleSampler(len(self.train_set), self.hparams.seed),
+            sampler=self._sampler,
             collate_fn=self._collate(),
             num_workers=self.hparams.num_workers,
-            drop_last=False,
+            drop_last=True,
         )
 
     def val_dataloader(self) -> DataLoader | list:

@@ -115,9 +115,10 @@ class LLaMoStage(StageModule):
     # -- steps ---------------------------------------------------------------------------------------------
 
     def on_train_epoch_start(self) -> None:
+        # the data stream position follows the optimiser step, so resumed runs replay nothing and skip nothing
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "set_epoch"):
-            datamodule.set_epoch(self.current_epoch)
+        if datamodule is not None and hasattr(datamodule, "set_start"):
+            datamodule.set_start(self.global_step, self.trainer.world_size)
 
     def _generator(self, offset: int = 0) -> torch.Generator:
         g = torch.Generator(device=self.device)
@@ -134,6 +135,9 @@ class LLaMoStage(StageModule):
         self.check_finite(terms)
         size = batch.input_ids.shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=True, batch_size=size)
+        if self.trainer.optimizers:  # per-group learning rates (Table 1 schedules differ by group)
+            for group in self.trainer.optimizers[0].param_groups:
+                self.log(f"lr/{group['name']}", group["lr"], batch_size=size)
         return terms["loss"]
 
     def validation_step(self, batch: MotionTextBatch, batch_idx: int) -> None:
