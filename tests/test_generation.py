@@ -1,0 +1,427 @@
+"""Streaming text-to-motion, captioning, chat and the generate/caption/chat CLI on a tiny random LLaMo + VAE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_llamo import LATENT_DIM, LLAMA_CONFIGS, tiny_llamo, tiny_llamo_config, tiny_tokenizer
+
+from llamo.checkpoint import save_stage_output
+from llamo.cli import main as llamo_main
+from llamo.core.generation import (
+    STOP_EXIT,
+    STOP_MAX_TOKENS,
+    JointTracker,
+    _decode_text,
+    _stop_ids,
+    caption,
+    chat,
+    chat_prompt_ids,
+    generate_motion,
+    load_run,
+    m2t_prompt,
+    stream_motion,
+    t2m_prompt_ids,
+)
+from llamo.core.llm import LLMConfig
+from llamo.core.model import LLaMo, LLaMoConfig
+from llamo.core.vae import CausalMotionVAE, VAEConfig
+from llamo.data.format import IGNORE_INDEX, MotionSpan, SequenceFormatter
+from llamo.motion.normalization import Normalizer
+from llamo.motion.representation import recover_joints
+
+PROMPTS = ["a person walks forward then turns left", "a person jumps"]
+
+
+def _parts(seed: int = 0) -> tuple[LLaMo, LLaMo, CausalMotionVAE, SequenceFormatter, Normalizer]:
+    """(LLaMo, its pristine base LLM, tiny VAE, formatter, normaliser); heads re-drawn so nothing is zero."""
+    model, base = tiny_llamo("gqa_tied", seed=seed)
+    gen = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        # the flow head's output layers start at 0 (velocity 0); random values make the sampler do something
+        for p in model.flow_head.parameters():
+            if p.abs().sum() == 0:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    torch.manual_seed(seed)
+    vae = CausalMotionVAE(VAEConfig(width=16, depth=1, latent_dim=LATENT_DIM)).eval()
+    formatter = SequenceFormatter(tiny_tokenizer(), model.bom_id, model.eom_id, LATENT_DIM)
+    rng = np.random.default_rng(seed)
+    normalizer = Normalizer(0.1 * rng.normal(size=272), 0.5 + 0.1 * rng.random(272))
+    return model.eval(), base, vae, formatter, normalizer
+
+
+@pytest.fixture(scope="module")
+def parts() -> tuple[LLaMo, LLaMo, CausalMotionVAE, SequenceFormatter, Normalizer]:
+    return _parts()
+
+
+def _noise(max_tokens: int, n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(max_tokens, n, LATENT_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+# -- prompts are the training format -----------------------------------------------------------------------
+
+
+def test_prompts_are_cut_from_training_samples(parts) -> None:
+    model, _, _, formatter, _ = parts
+    sample = formatter.text_to_motion(PROMPTS[0], 3)
+    prompt = t2m_prompt_ids(formatter, PROMPTS[0])
+    assert prompt[-1] == model.bom_id and sample.input_ids[: len(prompt)].tolist() == prompt
+    # the [BOM] position conditions the first latent in training
+    assert bool(sample.fm_mask[len(prompt) - 1]) and not sample.motion_mask[: len(prompt)].any()
+
+    ids, motion_mask = m2t_prompt(formatter, 4)
+    train = formatter.motion_to_text(MotionSpan(length=4), "a person jumps .")
+    assert train.input_ids[: len(ids)].tolist() == ids.tolist() and int(motion_mask.sum()) == 4
+    # the caption's first token is the first NTP target, predicted from the prompt's last position
+    assert int(train.labels[len(ids) - 1]) == int(train.input_ids[len(ids)]) != IGNORE_INDEX
+    assert (train.labels[: len(ids) - 1] == IGNORE_INDEX).all()
+
+
+# -- cached generation == uncached recomputation --------------------------------------------------------------
+
+
+@torch.no_grad()
+def _recompute(model: LLaMo, formatter: SequenceFormatter, prompt: str, latents: torch.Tensor, noise: torch.Tensor):
+    """Latents and exit logits by full forwards over prompt + k latents (no cache), with the given noise."""
+    ids = t2m_prompt_ids(formatter, prompt)
+    out_z, out_exit = [], []
+    for k in range(latents.shape[0]):
+        seq = torch.tensor([ids + [formatter.pad_id] * k])
+        motion = torch.tensor([[False] * len(ids) + [True] * k])
+        hidden = model(seq, motion, latents[:k]).hidden_states[0, -1]
+        out_exit.append(model.exit_logits(hidden))
+        cond = model.flow_condition(hidden[None])
+        out_z.append(model.flow_head.sample(cond, steps=3, noise=noise[k][None])[0])
+    return torch.stack(out_z), torch.stack(out_exit)
+
+
+def test_cached_streaming_equals_uncached_recomputation(parts) -> None:
+    model, _, vae, formatter, normalizer = parts
+    noise = _noise(5, len(PROMPTS))
+    kw = dict(normalizer=normalizer, formatter=formatter, steps=3, exit_threshold=1.0, min_tokens=0, max_tokens=5)
+    batched = generate_motion(model, vae, PROMPTS, noise=noise, **kw)  # prompts of different lengths: left padding
+    assert [r.stop_reason for r in batched] == [STOP_MAX_TOKENS] * 2
+    for i, prompt in enumerate(PROMPTS):
+        z = batched[i].latents
+        assert z.shape == (5, LATENT_DIM)
+        ref_z, _ = _recompute(model, formatter, prompt, z, noise[:, i])
+        torch.testing.assert_close(z, ref_z, atol=1e-5, rtol=1e-4)
+        alone = generate_motion(model, vae, prompt, noise=noise[:, i : i + 1], **kw)[0]
+        torch.testing.assert_close(alone.latents, z, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(batched[0].latents, batched[1].latents)
+
+
+def test_prompt_cfg_equals_uncached_guided_recomputation(parts) -> None:
+    model, _, vae, formatter, normalizer = parts
+    noise = _noise(3, 1, seed=3)
+    kw = dict(normalizer=normalizer, formatter=formatter, steps=3, exit_threshold=1.0, min_tokens=0, max_tokens=3)
+    z = generate_motion(model, vae, PROMPTS[0], noise=noise, guidance_scale=2.0, cfg="prompt", **kw)[0].latents
+    cond_ids, uncond_ids = t2m_prompt_ids(formatter, PROMPTS[0]), t2m_prompt_ids(formatter, "")
+    with torch.no_grad():
+        for k in range(3):
+            hiddens = []
+            for ids in (cond_ids, uncond_ids):
+                seq = torch.tensor([ids + [formatter.pad_id] * k])
+                motion = torch.tensor([[False] * len(ids) + [True] * k])
+                hiddens.append(model(seq, motion, z[:k]).hidden_states[:, -1])
+            cond, uncond = (model.flow_condition(h) for h in hiddens)
+            ref = model.flow_head.sample(cond, steps=3, guidance_scale=2.0, noise=noise[k], uncond=uncond)
+            torch.testing.assert_close(z[k : k + 1], ref, atol=1e-5, rtol=1e-4)
+    null = generate_motion(model, vae, PROMPTS[0], noise=noise, guidance_scale=2.0, cfg="null", **kw)[0].latents
+    plain = generate_motion(model, vae, PROMPTS[0], noise=noise, guidance_scale=1.0, **kw)[0].latents
+    assert not torch.allclose(null, plain) and not torch.allclose(null, z)
+
+
+# -- exit head: per-sequence stop, guards ---------------------------------------------------------------------
+
+
+class ScheduledExit:
+    """Fake exit head: sequence i exits once it has ``stops[i]`` latents. It mirrors the documented row layout
+    (conditional rows of the running sequences, in prompt order), so a bookkeeping error in the generator makes
+    the wrong sequences stop."""
+
+    def __init__(self, stops: list[int]) -> None:
+        self.stops = stops
+        self.running = list(range(len(stops)))
+        self.calls = 0
+        self.rows: list[int] = []
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.rows.append(hidden.shape[0])
+        assert hidden.shape[0] == len(self.running)
+        stop = [self.calls >= self.stops[s] for s in self.running]
+        self.running = [s for s, st in zip(self.running, stop) if not st]
+        self.calls += 1
+        return torch.tensor([20.0 if st else -20.0 for st in stop])
+
+
+@pytest.mark.parametrize("cfg", ["null", "prompt"])
+def test_exit_head_stops_streams_independently(parts, monkeypatch: pytest.MonkeyPatch, cfg: str) -> None:
+    model, _, vae, formatter, normalizer = parts
+    prompts = [*PROMPTS, "a person runs in circle"]
+    fake = ScheduledExit([4, 1, 99])
+    monkeypatch.setattr(model, "exit_logits", fake)
+    stream = stream_motion(
+        model, vae, prompts, normalizer=normalizer, formatter=formatter, steps=2, guidance_scale=3.0, cfg=cfg,
+        min_tokens=0, max_tokens=6, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    seen: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    order = []
+    while True:
+        try:
+            chunk = next(stream)
+        except StopIteration as done:
+            reasons = done.value
+            break
+        seen[chunk.sequence].append(chunk.index)
+        order.append((chunk.index, chunk.sequence))
+        assert chunk.normalized.shape == (4, 272) and chunk.joints.shape == (4, 22, 3)
+    assert seen == {0: [0, 1, 2, 3], 1: [0], 2: [0, 1, 2, 3, 4, 5]}
+    assert reasons == [STOP_EXIT, STOP_EXIT, STOP_MAX_TOKENS]
+    assert order == sorted(order)  # per step, running sequences in prompt order
+    # the exit head sees only the conditional rows (never the empty-caption rows of cfg="prompt")
+    assert fake.rows == [3, 3, 2, 2, 2, 1]
+
+
+def test_min_and_max_token_guards(parts, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _, vae, formatter, normalizer = parts
+    kw = dict(normalizer=normalizer, formatter=formatter, steps=2, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(model, "exit_logits", lambda h: torch.full(h.shape[:-1], 50.0))
+    always = generate_motion(model, vae, PROMPTS, min_tokens=3, max_tokens=6, **kw)
+    assert [r.latents.shape[0] for r in always] == [3, 3] and {r.stop_reason for r in always} == {STOP_EXIT}
+    empty = generate_motion(model, vae, PROMPTS[0], min_tokens=0, max_tokens=6, **kw)[0]
+    assert empty.num_frames == 0 and empty.features.shape == (0, 272) and empty.stop_reason == STOP_EXIT
+    monkeypatch.setattr(model, "exit_logits", lambda h: torch.full(h.shape[:-1], -50.0))
+    never = generate_motion(model, vae, PROMPTS, min_tokens=0, max_tokens=4, **kw)
+    assert [r.num_frames for r in never] == [16, 16] and {r.stop_reason for r in never} == {STOP_MAX_TOKENS}
+
+
+# -- determinism, streamed frames == full decode --------------------------------------------------------------
+
+
+def test_determinism_under_seed(parts) -> None:
+    model, _, vae, formatter, normalizer = parts
+    kw = dict(normalizer=normalizer, formatter=formatter, steps=2, exit_threshold=1.0, min_tokens=0, max_tokens=3)
+
+    def run(seed: int) -> torch.Tensor:
+        out = generate_motion(model, vae, PROMPTS, generator=torch.Generator().manual_seed(seed), **kw)
+        return torch.cat([r.latents for r in out])
+
+    assert torch.equal(run(5), run(5))
+    assert not torch.allclose(run(5), run(6))
+
+
+def test_streamed_frames_equal_full_decode(parts) -> None:
+    model, _, vae, formatter, normalizer = parts
+    out = generate_motion(
+        model, vae, PROMPTS, normalizer=normalizer, formatter=formatter, steps=2, exit_threshold=1.0,
+        min_tokens=0, max_tokens=5, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    for r in out:
+        with torch.no_grad():
+            full = vae.decode(r.latents[None])[0]  # (20, 272)
+        torch.testing.assert_close(r.normalized, full, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(r.features, normalizer.denormalise(full), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(r.joints, recover_joints(r.features), atol=1e-4, rtol=1e-4)
+
+
+def test_joint_tracker_equals_recover_joints() -> None:
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(3, 24, 272, generator=gen, dtype=torch.float64)
+    features[..., 0:2] *= 0.05  # root velocity
+    features[..., 2:8] = torch.tensor([1.0, 0, 0, 0, 1.0, 0], dtype=torch.float64) + 0.1 * features[..., 2:8]
+    tracker = JointTracker(3)
+    streamed = torch.cat([tracker.step(features[:, t : t + 4]) for t in range(0, 12, 4)], dim=1)
+    tracker.select(torch.tensor([0, 2]))  # sequence 1 finished: the others continue unchanged
+    rest = torch.cat([tracker.step(features[[0, 2], t : t + 4]) for t in range(12, 24, 4)], dim=1)
+    full = recover_joints(features)
+    torch.testing.assert_close(streamed, full[:, :12])
+    torch.testing.assert_close(rest, full[[0, 2], 12:])
+    with pytest.raises(ValueError, match="expects features"):
+        tracker.step(features[:, :4])
+
+
+def test_joint_tracker_on_real_clip(real_clip: dict[str, np.ndarray]) -> None:
+    features = torch.as_tensor(real_clip["features"][:120], dtype=torch.float64)[None]
+    tracker = JointTracker(1)
+    streamed = torch.cat([tracker.step(features[:, t : t + 4]) for t in range(0, 120, 4)], dim=1)
+    torch.testing.assert_close(streamed, recover_joints(features), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(streamed[0].numpy(), real_clip["joints"][:120], atol=1e-3)
+
+
+# -- text: chat == base greedy, captions -------------------------------------------------------------------
+
+
+def test_chat_is_the_base_models_greedy_answer(parts) -> None:
+    model, base, _, formatter, _ = parts
+    messages = [{"role": "user", "content": "describe a person who walks forward then turns left"}]
+    ids = chat_prompt_ids(formatter, messages)
+    stops = _stop_ids(formatter.tokenizer)
+    reference: list[int] = []
+    seq = torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(12):  # the base model alone, no cache, full recomputation every token
+            token = int(base(seq).logits[0, -1].argmax())
+            if token in stops:
+                break
+            reference.append(token)
+            seq = torch.cat([seq, torch.tensor([[token]])], dim=1)
+    ours = _decode_text(model, torch.tensor([ids]), None, None, stops, 12, True, 1.0, None)
+    assert ours == reference and len(reference) > 0
+    reply = chat(model, messages, formatter=formatter, max_new_tokens=12)
+    assert reply == formatter.tokenizer.decode(reference, skip_special_tokens=True).strip()
+
+
+def test_caption_of_features_equals_caption_of_their_latents(parts) -> None:
+    model, _, vae, formatter, normalizer = parts
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(18, 272, generator=gen)  # not a multiple of 4: cropped to 16 frames
+    with torch.no_grad():
+        latents = vae.encode(normalizer.normalise(features.double()).float()[None, :16]).mu[0]
+    kw = dict(formatter=formatter, normalizer=normalizer, max_new_tokens=6)
+    text = caption(model, vae, features.numpy(), **kw)
+    assert isinstance(text, str) and text == caption(model, None, latents, **kw)
+    normed = normalizer.normalise(features.double()).float()
+    assert caption(model, vae, normed, normalized=True, **kw) == text
+    sampled = [
+        caption(model, None, latents, greedy=False, generator=torch.Generator().manual_seed(s), **kw) for s in (1, 1)
+    ]
+    assert sampled[0] == sampled[1]
+
+
+# -- bad input -----------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_clear_errors(parts, tmp_path: Path) -> None:
+    model, _, vae, formatter, normalizer = parts
+    kw = dict(normalizer=normalizer, formatter=formatter, steps=2, max_tokens=3, min_tokens=0)
+
+    def first(prompts, **extra):
+        return next(stream_motion(model, vae, prompts, **{**kw, **extra}))
+
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        first("")
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        first(["a person walks", "   "])
+    with pytest.raises(ValueError, match="no prompt given"):
+        first([])
+    with pytest.raises(ValueError, match="min_tokens"):
+        first("a person walks", min_tokens=5)
+    with pytest.raises(ValueError, match="cfg must be"):
+        first("a person walks", cfg="empty")
+    with pytest.raises(ValueError, match=r"noise must have shape \(max_tokens"):
+        first("a person walks", noise=torch.zeros(2, 1, LATENT_DIM))
+    with pytest.raises(ValueError, match="compile_flow needs a CUDA device"):
+        first("a person walks", compile_flow=True)
+    with pytest.raises(ValueError, match="latents .* or features"):
+        caption(model, vae, torch.zeros(8, 5), formatter=formatter)
+    with pytest.raises(ValueError, match="need the corpus Mean/Std"):
+        caption(model, vae, torch.zeros(8, 272), formatter=formatter)
+    with pytest.raises(ValueError, match="text only"):
+        chat(model, [{"role": "user", "content": MotionSpan(length=2)}], formatter=formatter)
+    with pytest.raises(FileNotFoundError, match="run folder .* does not exist"):
+        load_run(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no finished LLaMo stage"):
+        load_run(tmp_path)
+
+
+# -- load_run + CLI on a tiny run written with save_stage_output ---------------------------------------------------
+
+
+def _write_run(root: Path) -> tuple[Path, LLaMo, CausalMotionVAE, Normalizer, SequenceFormatter]:
+    tokenizer_dir = root / "tokenizer"
+    tiny_tokenizer().save_pretrained(tokenizer_dir)
+    config = tiny_llamo_config(
+        "gqa_tied", llm=LLMConfig(config=dict(LLAMA_CONFIGS["gqa_tied"]), tokenizer=str(tokenizer_dir))
+    )
+    torch.manual_seed(3)
+    model = LLaMo(config).eval()
+    with torch.no_grad():
+        for p in model.flow_head.parameters():
+            p.add_(0.1 * torch.randn(p.shape))
+    run = root / "run"
+    core_config = config.to_dict()
+    core_config.pop("loss")
+    save_stage_output(run / "stage1", model, core_config, kind="LLaMo", excluded_prefixes=model.frozen_prefixes())
+    vae = CausalMotionVAE(VAEConfig(width=16, depth=1, latent_dim=LATENT_DIM)).eval()
+    save_stage_output(run / "vae", vae, vae.config.to_dict(), kind="CausalMotionVAE")
+    rng = np.random.default_rng(0)
+    normalizer = Normalizer(0.1 * rng.normal(size=272), 0.5 + 0.1 * rng.random(272))
+    normalizer.save(run / "vae")
+    formatter = SequenceFormatter(tiny_tokenizer(), model.bom_id, model.eom_id, LATENT_DIM)
+    return run, model, vae, normalizer, formatter
+
+
+def test_load_run_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir, model, vae, normalizer, formatter = _write_run(tmp_path)
+    run = load_run(run_dir)
+    assert run.stage_dir == run_dir / "stage1" and run.mean_std_dir == run_dir / "vae"
+    kw = dict(steps=2, exit_threshold=1.0, min_tokens=0, max_tokens=3)
+    loaded = run.generate(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw)[0]
+    direct = generate_motion(
+        model, vae, PROMPTS[0], normalizer=normalizer, formatter=formatter,
+        generator=torch.Generator().manual_seed(0), **kw,
+    )[0]  # fmt: skip
+    torch.testing.assert_close(loaded.features, direct.features)
+    with pytest.raises(ValueError, match="stage must be one of"):
+        load_run(run_dir, stage="stage7")
+
+    common = ["--ckpt", str(run_dir), "--steps", "2", "--min-tokens", "2", "--max-tokens", "3"]
+    npy, gif = tmp_path / "out" / "walk.npy", tmp_path / "out" / "walk.gif"
+    assert llamo_main(["generate", *common, PROMPTS[0], "--out", str(npy), "--stream"]) == 0
+    printed = capsys.readouterr().out
+    assert "frames/s" in printed and "real-time factor" in printed and "frame    0" in printed
+    clip = np.load(npy)
+    assert clip.dtype == np.float32 and clip.shape[1] == 272 and clip.shape[0] in (8, 12)
+    assert llamo_main(["generate", *common, PROMPTS[0], "--out", str(gif)]) == 0
+    assert gif.is_file() and gif.stat().st_size > 0
+    assert llamo_main(["generate", *common, *PROMPTS, "--out", str(npy)]) == 0
+    assert (npy.parent / "walk_0.npy").is_file() and (npy.parent / "walk_1.npy").is_file()
+    capsys.readouterr()
+
+    assert llamo_main(["caption", "--ckpt", str(run_dir), str(npy), "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip() == run.caption(clip, max_new_tokens=4)
+    assert llamo_main(["chat", "--ckpt", str(run_dir), "--prompt", "a person walks", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip() == run.chat(
+        [{"role": "user", "content": "a person walks"}], max_new_tokens=4
+    )
+
+    assert llamo_main(["generate", "--ckpt", str(tmp_path / "missing"), "x", "--out", str(gif)]) == 2
+    assert "run folder" in capsys.readouterr().err
+    assert llamo_main(["generate", *common, PROMPTS[0], "--out", str(tmp_path / "x.txt")]) == 2
+    assert "extension must be one of" in capsys.readouterr().err
+    assert llamo_main(["generate", *common, "  ", "--out", str(gif)]) == 2
+    assert "prompt 0 is empty" in capsys.readouterr().err
+
+
+@pytest.mark.smollm2
+def test_smollm2_chat_equals_hf_greedy_generate() -> None:
+    """With the real SmolLM2-135M-Instruct and its chat template: `chat` == the base model's `generate` (greedy,
+    stopping at its eos), token for token."""
+    from llamo.core.llm import _is_prepared, build_llm, smollm2_dir
+
+    if not _is_prepared(smollm2_dir()):
+        pytest.skip(f"SmolLM2 not prepared at {smollm2_dir()} (run `llamo prepare-llm`)")
+    config = LLaMoConfig.from_yaml(Path(__file__).resolve().parents[1] / "experiments/model/smollm2.yaml")
+    config.flow_head.update(width=32, depth=1)
+    config.exit_head.update(width=32)
+    base = build_llm(config.llm)
+    model = LLaMo(config).eval()
+    formatter = model.sequence_formatter()
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    ids = torch.tensor([chat_prompt_ids(formatter, messages)])
+    with torch.no_grad():
+        out = base.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+    reference = out[0, ids.shape[1] :].tolist()
+    stops = _stop_ids(formatter.tokenizer)
+    if reference and reference[-1] in stops:
+        reference = reference[:-1]
+    assert _decode_text(model, ids, None, None, stops, 16, True, 1.0, None) == reference
+    assert (
+        chat(model, messages, formatter=formatter, max_new_tokens=16)
+        == formatter.tokenizer.decode(reference, skip_special_tokens=True).strip()
+    )
