@@ -41,7 +41,7 @@ class StageHandoff(L.Callback):
         if core is None:
             raise ValueError(f"{type(pl_module).__name__} has no `core` attribute; StageHandoff loads into `core`")
         out = load_stage_weights(
-            core, self.load_from, expected_config=pl_module.core_config(), expected_kind=type(core).__name__
+            core, self.load_from, expected_config=pl_module.core_config(), expected_kind=core_kind(core)
         )
         self.loaded_keys = len(out.state_dict)
         log.info("handoff: loaded %d tensors from %s (stage %r) into core", self.loaded_keys, self.load_from, out.stage)
@@ -56,12 +56,22 @@ class StageHandoff(L.Callback):
                 self.save_to,
                 state_module,
                 pl_module.core_config(),
-                kind=type(core).__name__,
+                kind=core_kind(core),
                 stage=pl_module.stage_name,
                 excluded_prefixes=pl_module.handoff_excluded_prefixes(),
             )
             log.info("handoff: wrote %s", Path(self.save_to) / "handoff.safetensors")
         trainer.strategy.barrier("stage-handoff-saved")
+
+
+def core_kind(module: torch.nn.Module) -> str:
+    """Class name of the core as built, also after FSDP2 swapped in its ``FSDP<Name>`` subclass."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = type(module)
+    if isinstance(module, FSDPModule):
+        cls = next(base for base in cls.__bases__ if base is not FSDPModule)
+    return cls.__name__
 
 
 def _is_sharded(module: torch.nn.Module) -> bool:

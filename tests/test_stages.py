@@ -8,66 +8,23 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import pytest
 import torch
-import yaml
-from tiny_llamo import LLAMA_CONFIGS, tiny_tokenizer
+from tiny_llamo import stage_args as _args
+from tiny_llamo import stage_workspace
 
 from llamo.checkpoint import load_stage_output, save_stage_output
-from llamo.core.vae import CausalMotionVAE, VAEConfig
-from llamo.motion.synthetic import synthesize
 from llamo.stages.cli import cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
-LATENT = 8
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("stages")
-    data = root / "data"
-    synthesize(data, clips=24, seed=3, progress=False)
-    torch.manual_seed(0)
-    vae_cfg = VAEConfig(width=16, depth=1, latent_dim=LATENT)
-    save_stage_output(root / "vae", CausalMotionVAE(vae_cfg), vae_cfg.to_dict(), stage="vae")
-    tok_dir = root / "tokenizer"
-    tiny_tokenizer().save_pretrained(tok_dir)
-    model_yaml = root / "model.yaml"
-    core: dict[str, Any] = {
-        "llm": {"config": dict(LLAMA_CONFIGS["gqa_tied"]), "tokenizer": str(tok_dir)},
-        "latent_dim": LATENT,
-        "cond_dim": 16,
-        "flow_head": {"width": 16, "depth": 2, "timestep_samples": 2, "sample_steps": 4},
-        "exit_head": {"width": 16, "pos_weight": 3.0},
-    }
-    model_yaml.write_text(
-        yaml.safe_dump({"model": {"class_path": "llamo.stages.llamo_base.LLaMoStage", "init_args": {"core": core}}})
-    )
-    return {"root": root, "data": data, "vae": root / "vae", "model": model_yaml}
-
-
-def _args(ws: dict[str, Path], stage: int, out: str, *extra: str, steps: int = 3) -> list[str]:
-    return [
-        "fit",
-        "--config", str(EXPERIMENTS / "base.yaml"),
-        "--config", str(ws["model"]),
-        "--config", str(EXPERIMENTS / f"stage{stage}.yaml"),
-        f"--data.init_args.root={ws['data']}",
-        f"--data.init_args.vae_dir={ws['vae']}",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.val_split=null",
-        f"--trainer.max_steps={steps}",
-        "--trainer.logger=false",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        f"--trainer.default_root_dir={ws['root'] / out}",
-        f"--handoff.save_to={ws['root'] / out / 'handoff'}",
-        *extra,
-    ]  # fmt: skip
+    return stage_workspace(tmp_path_factory.mktemp("stages"))
 
 
 def _digest(t: torch.Tensor) -> str:

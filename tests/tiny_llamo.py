@@ -7,9 +7,11 @@ tiny `LLaMoConfig` and a mixed text-to-motion / motion-to-text batch built throu
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -129,3 +131,54 @@ def mixed_batch(model: LLaMo, seed: int = 0) -> MotionTextBatch:
         formatter.text_to_motion("a person runs in circle", MotionSpan(latents(3))),
     ]
     return collate_samples(samples, formatter.pad_id)
+
+
+# -- a tiny stage workspace for the LLaMo stage tests (test_stages.py, test_distributed.py) -----------------
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def stage_workspace(root: Path, clips: int = 24) -> dict[str, Path]:
+    """A 24-clip synthetic corpus, a random tiny VAE stage output and a tiny-model YAML overlay under ``root``."""
+    from llamo.checkpoint import save_stage_output
+    from llamo.core.vae import CausalMotionVAE, VAEConfig
+    from llamo.motion.synthetic import synthesize
+
+    data = root / "data"
+    synthesize(data, clips=clips, seed=3, progress=False)
+    torch.manual_seed(0)
+    vae_cfg = VAEConfig(width=16, depth=1, latent_dim=LATENT_DIM)
+    save_stage_output(root / "vae", CausalMotionVAE(vae_cfg), vae_cfg.to_dict(), stage="vae")
+    tok_dir = root / "tokenizer"
+    tiny_tokenizer().save_pretrained(tok_dir)
+    core: dict[str, Any] = {
+        "llm": {"config": dict(LLAMA_CONFIGS["gqa_tied"]), "tokenizer": str(tok_dir)},
+        "latent_dim": LATENT_DIM,
+        "cond_dim": 16,
+        "flow_head": {"width": 16, "depth": 2, "timestep_samples": 2, "sample_steps": 4},
+        "exit_head": {"width": 16, "pos_weight": 3.0},
+    }
+    overlay = {"model": {"class_path": "llamo.stages.llamo_base.LLaMoStage", "init_args": {"core": core}}}
+    (root / "model.yaml").write_text(yaml.safe_dump(overlay))
+    return {"root": root, "data": data, "vae": root / "vae", "model": root / "model.yaml"}
+
+
+def stage_args(ws: dict[str, Path], stage: int, out: str, *extra: str, steps: int = 3) -> list[str]:
+    """`llamo fit` arguments of LLaMo stage ``stage`` on a `stage_workspace`, writing under ``ws["root"]/out``."""
+    return [
+        "fit",
+        "--config", str(EXPERIMENTS / "base.yaml"),
+        "--config", str(ws["model"]),
+        "--config", str(EXPERIMENTS / f"stage{stage}.yaml"),
+        f"--data.init_args.root={ws['data']}",
+        f"--data.init_args.vae_dir={ws['vae']}",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.val_split=null",
+        f"--trainer.max_steps={steps}",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={ws['root'] / out}",
+        f"--handoff.save_to={ws['root'] / out / 'handoff'}",
+        *extra,
+    ]  # fmt: skip

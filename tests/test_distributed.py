@@ -1,0 +1,54 @@
+"""Stage 2 with 2 CPU processes (gloo) under DDP and FSDP2: the handoff written afterwards holds full,
+unsharded weights that load strictly into a single-process model and equal the trained checkpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_llamo import EXPERIMENTS, stage_args, stage_workspace
+
+from llamo.checkpoint import load_stage_output, load_stage_weights
+from llamo.stages.cli import cli_main
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return stage_workspace(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_process_stage2_hands_off_full_weights(workspace: dict[str, Path], strategy: str) -> None:
+    args = stage_args(
+        workspace, 2, strategy, "--config", str(EXPERIMENTS / "strategies" / f"{strategy}.yaml"),
+        "--trainer.accelerator=cpu", "--trainer.devices=2", steps=3,
+    )  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    run = subprocess.run([sys.executable, "-m", "llamo", *args], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "MEMBER: 2/2" in run.stdout + run.stderr  # really two processes
+
+    handoff = load_stage_output(workspace["root"] / strategy / "handoff")
+    assert handoff.stage == "stage2"
+    # a fresh single-process model of the same config takes the file strictly (full shapes, every key)
+    single = cli_main(stage_args(workspace, 2, f"{strategy}_single", steps=0)[1:], run=False).model
+    fresh = {k: v.clone() for k, v in single.core.state_dict().items()}
+    load_stage_weights(single.core, handoff, expected_config=single.core_config(), expected_kind="LLaMo")
+    state = single.core.state_dict()
+    for key, value in handoff.state_dict.items():
+        assert torch.equal(state[key], value), key
+    trained = [k for k in handoff.state_dict if k.startswith("mot.motion_layers.")]
+    assert trained and any(not torch.equal(fresh[k], state[k]) for k in trained)  # it did train
+
+    # and equals the trained weights in the run's own checkpoint
+    ckpt = torch.load(
+        workspace["root"] / strategy / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    for key, value in handoff.state_dict.items():
+        assert torch.equal(ckpt["state_dict"][f"core.{key}"].to(value.dtype), value), key
