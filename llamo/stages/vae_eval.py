@@ -2,8 +2,8 @@
 
     llamo eval vae --ckpt runs/default/vae --data data/synth [--split test] [--json results.json]
 
-Protocol (MotionStreamer's TAE test, ``eval_causal_TAE.py``): clips of the split with at least ``--min-frames``
-frames, cropped to the first ``--max-frames`` and to a multiple of 4, normalised, passed through the full
+Protocol (MotionStreamer's TAE test, ``eval_causal_TAE.py``): the clips of the split with ``--min-frames`` <= T <=
+``--max-frames`` (60 <= T < 300), cropped to a multiple of 4 (the first frames), normalised, passed through the full
 VAE (encode, **sampled** z, decode; ``--use-mean`` decodes mu instead), de-normalised; joints and rotations are
 recovered from the features. MPJPE is root-aligned and frame-weighted (mm), MPJRE the geodesic angle of local
 rotations (degrees), sJPE DisCoRD's per-clip sum over feet and wrists divided by frames (range [0, 4]), averaged
@@ -59,7 +59,8 @@ class VAEEvalResult:
 def evaluate_vae(
     vae: CausalMotionVAE,
     corpus: MotionCorpus,
-    max_frames: int = 300,
+    min_frames: int = 60,
+    max_frames: int = 299,
     batch_size: int = 32,
     use_mean: bool = False,
     seed: int = 0,
@@ -67,10 +68,15 @@ def evaluate_vae(
     name: str | None = None,
     progress: bool = True,
 ) -> VAEEvalResult:
-    """Reconstruct every clip of ``corpus`` and measure it (see the module docstring for the protocol)."""
+    """Reconstruct the clips of ``corpus`` with ``min_frames <= T`` (cropped to ``max_frames``) and measure them.
+
+    See the module docstring for the protocol; the CLI also leaves out clips longer than ``max_frames``.
+    """
     cfg = vae.config
     vae = vae.to(device).eval()
-    dataset = WholeClips(corpus, max_frames=max_frames, multiple=cfg.downsample)
+    dataset = WholeClips(corpus, max_frames=max_frames, multiple=cfg.downsample, min_frames=min_frames)
+    if len(dataset) == 0:
+        raise ValueError(f"no clip of {corpus!r} has at least {min_frames} frames; lower --min-frames")
     # sorted by length so padded batches waste little; the metrics are order-independent
     clips = sorted((dataset[i] for i in range(len(dataset))), key=len)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -108,7 +114,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="HumanML3D-272 style dataset folder")
     parser.add_argument("--split", default="test", help="split to reconstruct (default: test)")
     parser.add_argument("--min-frames", type=int, default=60, help="shortest clip kept (MotionStreamer: 60)")
-    parser.add_argument("--max-frames", type=int, default=300, help="clips are cropped to this many frames")
+    parser.add_argument("--max-frames", type=int, default=299, help="longest clip kept (MotionStreamer: T < 300)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--use-mean", action="store_true", help="decode mu instead of a sampled z")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent noise")
@@ -124,12 +130,12 @@ def cli_run(args: argparse.Namespace) -> int:
             f"{args.min_frames}, {args.batch_size}"
         )
     vae = load_vae(args.ckpt)
-    corpus = MotionCorpus(args.data, split=args.split, min_length=args.min_frames)
-    if len(corpus) == 0:
-        raise ValueError(f"split {args.split!r} of {args.data} has no clip with >= {args.min_frames} frames")
+    # min_length=1: shorter clips are left out by the protocol (evaluate_vae), they are not errors
+    corpus = MotionCorpus(args.data, split=args.split, min_length=1, max_length=args.max_frames)
     result = evaluate_vae(
         vae,
         corpus,
+        min_frames=args.min_frames,
         max_frames=args.max_frames,
         batch_size=args.batch_size,
         use_mean=args.use_mean,
@@ -138,7 +144,11 @@ def cli_run(args: argparse.Namespace) -> int:
         name=args.name,
     )
     print(result.table())
-    print(f"({result.clips} clips, {result.frames} frames of split {args.split!r})")
+    left_out = len(corpus) - result.clips + corpus.too_long
+    print(
+        f"({result.clips} clips, {result.frames} frames of split {args.split!r}; {left_out} clips outside "
+        f"[{args.min_frames}, {args.max_frames}] frames left out)"
+    )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
