@@ -25,8 +25,33 @@ RUNS     ?= runs
 CONFIGS  ?=
 # ablation name: adds experiments/ablations/$(ABLATION)/<stage>.yaml to each stage that has one
 ABLATION ?=
+# overlay folders (space-separated): <folder>/<stage>.yaml after each stage's YAML and, for the LLaMo stages,
+# <folder>/model.yaml after the model YAML, wherever they exist (the demo sets experiments/demo)
+OVERLAYS ?=
 ARGS     ?=
 LLAMO    := $(PY) -m llamo
+
+# ---- demo (`make demo`, `make ablations`) --------------------------------------------------------------
+# full: SmolLM2-135M-Instruct on the 2000-clip corpus (about 30 min on a 2-core CPU); smoke: tiny random model,
+# a handful of steps, 400 clips (CI, < 3 min)
+DEMO_SCALE ?= full
+demo_model_full := smollm2
+demo_model_smoke := tiny
+demo_overlays_full := experiments/demo
+demo_overlays_smoke := experiments/demo/smoke
+demo_clips_full := 2000
+demo_clips_smoke := 400
+demo_data_full := data/synth
+demo_data_smoke := data/synth-smoke
+demo_exp_full := demo
+demo_exp_smoke := demo-smoke
+demo_eval_full := --samples 4 --items 96
+demo_eval_smoke := --samples 1 --items 32 --probe-items 8 --repeats 2 --caption-tokens 8 --gen-batch 32
+DEMO_MODEL ?= $(demo_model_$(DEMO_SCALE))
+DEMO_OVERLAYS ?= $(demo_overlays_$(DEMO_SCALE))
+DEMO_DATA ?= $(demo_data_$(DEMO_SCALE))
+DEMO_EXP ?= $(demo_exp_$(DEMO_SCALE))
+DEMO_EVAL_ARGS ?= $(demo_eval_$(DEMO_SCALE))
 
 # stage ids used by `make stage-<id>` and the folder each writes under runs/<EXP>/
 STAGES := vae evaluator 1 2 3
@@ -39,12 +64,15 @@ prev_2 := stage1
 prev_3 := stage2
 llamo_stage = $(filter 1 2 3,$(1))
 # LLaMo stages: model size overlay, the VAE output feeding the latent cache, user overlays (CONFIGS)
-stage_configs = experiments/base.yaml $(if $(call llamo_stage,$(1)),experiments/model/$(MODEL).yaml) \
-	experiments/$(dir_$(1)).yaml $(wildcard experiments/ablations/$(ABLATION)/$(dir_$(1)).yaml) \
+overlay_files = $(foreach d,$(OVERLAYS),$(wildcard $(d)/$(1).yaml))
+stage_configs = experiments/base.yaml \
+	$(if $(call llamo_stage,$(1)),experiments/model/$(MODEL).yaml $(call overlay_files,model)) \
+	experiments/$(dir_$(1)).yaml $(call overlay_files,$(dir_$(1))) \
+	$(wildcard experiments/ablations/$(ABLATION)/$(dir_$(1)).yaml) \
 	$(if $(call llamo_stage,$(1)),$(CONFIGS))
 stage_data_args = $(if $(call llamo_stage,$(1)),--data.init_args.vae_dir=$(RUNS)/$(EXP)/vae)
 
-.PHONY: help install test lint format demo bench clean pipeline ablations
+.PHONY: help install test lint format demo demo-assets bench clean pipeline ablations
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_%-]+:.*?## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -71,10 +99,19 @@ format: install ## ruff format + import sorting (rewrites files)
 test: install lint ## Lint, then run the full CPU test suite (what CI runs)
 	$(PY) -m pytest -n $(TEST_WORKERS) -q $(PYTEST_ARGS)
 
-demo: install ## Synthesise the embedded corpus and render samples (grows into the full pipeline demo)
-	$(PY) -m llamo data synth --out data/synth --clips 2000 --seed 0
-	$(PY) -m llamo data check data/synth
-	$(PY) -m llamo render data/synth/motion_data/vector_272/000000.npy --out runs/demo/samples/000000.gif
+demo: install ## The whole pipeline on the embedded corpus + runs/demo/report.md (DEMO_SCALE=smoke: CI-size)
+	@test -n "$(demo_model_$(DEMO_SCALE))" || { echo "DEMO_SCALE must be 'full' or 'smoke', got '$(DEMO_SCALE)'"; exit 2; }
+	@$(MAKE) --no-print-directory demo-assets
+	@for s in $(STAGES); do start=$$(date +%s); \
+		$(MAKE) --no-print-directory stage-$$s EXP=$(DEMO_EXP) MODEL=$(DEMO_MODEL) OVERLAYS="$(DEMO_OVERLAYS)" \
+			DATA=$(DEMO_DATA) || exit 1; \
+		echo "demo: stage $$s took $$(( $$(date +%s) - start )) s"; done
+	@start=$$(date +%s); $(LLAMO) eval run $(RUNS)/$(DEMO_EXP) --data $(DEMO_DATA) $(DEMO_EVAL_ARGS) || exit 1; \
+		echo "demo: evaluation took $$(( $$(date +%s) - start )) s; report: $(RUNS)/$(DEMO_EXP)/report.md"
+
+demo-assets: install ## The demo's inputs: synthesise DEMO_DATA if absent, convert SmolLM2 if absent
+	@test -f $(DEMO_DATA)/split/test.txt || $(LLAMO) data synth --out $(DEMO_DATA) --clips $(demo_clips_$(DEMO_SCALE)) --seed 0
+	@$(LLAMO) prepare-llm
 
 bench: install ## Benchmarks (not tests): print timing tables and ratios
 	$(PY) -m llamo.bench
@@ -91,11 +128,14 @@ pipeline: install ## vae -> evaluator -> stage1 -> stage2 -> stage3 with handoff
 	@for s in $(STAGES); do $(MAKE) --no-print-directory stage-$$s || exit 1; done
 
 ABLATION_NAMES := $(notdir $(wildcard experiments/ablations/*))
-ablate-%: install ## Run the pipeline with experiments/ablations/<name>/ overlays, then write runs/ablate-<name>/results.json
-	$(MAKE) --no-print-directory pipeline EXP=ablate-$* ABLATION=$*
-	$(LLAMO) eval run $(RUNS)/ablate-$* --data $(DATA) --out $(RUNS)/ablate-$*/results.json
+ablate-%: install ## One ablation at the demo budget (experiments/ablations/<name>/ on top of the demo overlays) -> runs/ablate-<name>/results.json
+	@$(MAKE) --no-print-directory demo-assets
+	$(MAKE) --no-print-directory pipeline EXP=ablate-$* ABLATION=$* MODEL=$(DEMO_MODEL) OVERLAYS="$(DEMO_OVERLAYS)" \
+		DATA=$(DEMO_DATA)
+	$(LLAMO) eval run $(RUNS)/ablate-$* --data $(DEMO_DATA) --out $(RUNS)/ablate-$*/results.json $(DEMO_EVAL_ARGS)
 
-ablations: $(addprefix ablate-,$(ABLATION_NAMES)) ## Every ablation in experiments/ablations/
+ablations: $(addprefix ablate-,$(ABLATION_NAMES)) ## Every ablation, then runs/ablations/report.md (next to runs/demo: run `make demo` too)
+	$(PY) -m llamo.eval.report --ablations $(RUNS) --reference $(DEMO_EXP)
 
 clean: ## Remove caches (keeps .venv, data/ and runs/)
 	rm -rf .pytest_cache .ruff_cache

@@ -22,7 +22,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("eval", "vae"): ("llamo.stages.vae_eval", "print a Table-2 row (MPJPE, MPJRE, sJPE, T.Down, Comp.) for a VAE"),
     ("eval", "run"): ("llamo.eval.report", "evaluate a finished run: Tables 2-4, language probe, samples -> report.md"),
     ("eval", "language"): ("llamo.eval.language", "language-preservation probe (accuracy + perplexity) of a model"),
-    ("eval", "evaluator"): ("llamo.stages.evaluator", "retrieval R@1/2/3 and MM-Dist of a trained evaluator on a split"),
+    ("eval", "evaluator"): ("llamo.stages.evaluator", "retrieval R@1/2/3 + MM-Dist of a trained evaluator"),
     ("generate",): ("llamo.generate_cli", "stream text-to-motion from a trained run (gif/mp4/png/npy, frames/s)"),
     ("caption",): ("llamo.caption_cli", "describe a motion clip with a trained run (motion-to-text)"),
     ("chat",): ("llamo.chat_cli", "text chat with a trained run (the frozen base model's answers)"),
