@@ -134,6 +134,13 @@ ablate-%: install ## One ablation at the demo budget (experiments/ablations/<nam
 		DATA=$(DEMO_DATA)
 	$(LLAMO) eval run $(RUNS)/ablate-$* --data $(DEMO_DATA) --out $(RUNS)/ablate-$*/results.json $(DEMO_EVAL_ARGS)
 
+ablate-model-%: install ## Model-size ablation: the demo pipeline on experiments/model/<size>.yaml -> runs/ablate-model-<size>/results.json
+	@test -f experiments/model/$*.yaml || { echo "no experiments/model/$*.yaml; sizes: $(basename $(notdir $(wildcard experiments/model/*.yaml)))"; exit 2; }
+	@$(MAKE) --no-print-directory demo-assets
+	$(MAKE) --no-print-directory pipeline EXP=ablate-model-$* MODEL=$* OVERLAYS="$(DEMO_OVERLAYS)" DATA=$(DEMO_DATA)
+	$(LLAMO) eval run $(RUNS)/ablate-model-$* --data $(DEMO_DATA) --out $(RUNS)/ablate-model-$*/results.json \
+		$(DEMO_EVAL_ARGS)
+
 ablations: $(addprefix ablate-,$(ABLATION_NAMES)) ## Every ablation, then runs/ablations/report.md (next to runs/demo: run `make demo` too)
 	$(PY) -m llamo.eval.report --ablations $(RUNS) --reference $(DEMO_EXP)
 
