@@ -71,6 +71,18 @@ stage_configs = experiments/base.yaml \
 	$(wildcard experiments/ablations/$(ABLATION)/$(dir_$(1)).yaml) \
 	$(if $(call llamo_stage,$(1)),$(CONFIGS))
 stage_data_args = $(if $(call llamo_stage,$(1)),--data.init_args.vae_dir=$(RUNS)/$(EXP)/vae)
+# stages `make pipeline` runs, in order
+PIPELINE_STAGES ?= $(STAGES)
+# Reuse: with REUSE=<finished run folder>, a stage in REUSE_STAGES that neither ABLATION's overlays nor those of
+# any stage upstream of it change is linked from REUSE instead of being trained again (training is deterministic
+# for the same YAMLs, data and seeds, so the linked output is what the retraining would give)
+REUSE ?=
+REUSE_STAGES ?= $(STAGES)
+upstream_1 := vae
+upstream_2 := vae 1
+upstream_3 := vae 1 2
+ablation_touches = $(strip $(foreach s,$(1) $(upstream_$(1)),$(wildcard experiments/ablations/$(ABLATION)/$(dir_$(s)).yaml)))
+reusable = $(and $(REUSE),$(filter $(1),$(REUSE_STAGES)),$(if $(call ablation_touches,$(1)),,yes))
 
 .PHONY: help install test lint format demo demo-assets bench clean pipeline ablations
 
@@ -118,26 +130,40 @@ bench: install ## Benchmarks (not tests): print timing tables and ratios
 
 stage-%: install ## Run one stage: make stage-{vae,evaluator,1,2,3} EXP=name MODEL=size (writes runs/EXP/<stage>/)
 	@test -n "$(dir_$*)" || { echo "unknown stage '$*': use one of $(STAGES)"; exit 2; }
-	$(LLAMO) fit $(addprefix --config ,$(call stage_configs,$*)) \
+	@out=$(RUNS)/$(EXP)/$(dir_$*); \
+	if [ -n "$(call reusable,$*)" ] && [ -f $(REUSE)/$(dir_$*)/handoff.safetensors ] && \
+		[ "$$(realpath -m $(REUSE))" != "$$(realpath -m $(RUNS)/$(EXP))" ]; then \
+		mkdir -p $(RUNS)/$(EXP) && rm -rf $$out && ln -s "$$(realpath --relative-to=$(RUNS)/$(EXP) $(REUSE)/$(dir_$*))" $$out && \
+		echo "stage $*: linked $$out -> $(REUSE)/$(dir_$*) (unchanged by ablation '$(ABLATION)' and its upstream stages)"; \
+		exit 0; fi; \
+	if [ -L $$out ]; then rm $$out; fi; \
+	set -x; $(LLAMO) fit $(addprefix --config ,$(call stage_configs,$*)) \
 		--trainer.logger.init_args.save_dir=$(RUNS) --trainer.logger.init_args.name=$(EXP) \
 		--trainer.logger.init_args.version=$(dir_$*) --data.init_args.root=$(DATA) $(call stage_data_args,$*) \
-		$(if $(prev_$*),--handoff.load_from=$(RUNS)/$(EXP)/$(prev_$*)) --handoff.save_to=$(RUNS)/$(EXP)/$(dir_$*) $(ARGS)
+		$(if $(prev_$*),--handoff.load_from=$(RUNS)/$(EXP)/$(prev_$*)) --handoff.save_to=$$out $(ARGS)
 
 pipeline: install ## vae -> evaluator -> stage1 -> stage2 -> stage3 with handoffs (EXP=name MODEL=size DATA=dir)
 	@test -d $(DATA) || $(LLAMO) data synth --out $(DATA) --clips 2000 --seed 0
-	@for s in $(STAGES); do $(MAKE) --no-print-directory stage-$$s || exit 1; done
+	@for s in $(PIPELINE_STAGES); do $(MAKE) --no-print-directory stage-$$s || exit 1; done
 
 ABLATION_NAMES := $(notdir $(wildcard experiments/ablations/*))
+# the latent-width ablations are paper Table 2, a reconstruction table: they train and evaluate the VAE only
+ablation_stages_latent16 := vae
+ablation_stages_latent64 := vae
+# ablations link the stages they do not change from the demo run when it exists (REUSE_ABLATIONS= retrains all)
+REUSE_ABLATIONS ?= $(RUNS)/$(DEMO_EXP)
 ablate-%: install ## One ablation at the demo budget (experiments/ablations/<name>/ on top of the demo overlays) -> runs/ablate-<name>/results.json
+	@test -d experiments/ablations/$* || { echo "no experiments/ablations/$*/; ablations: $(ABLATION_NAMES)"; exit 2; }
 	@$(MAKE) --no-print-directory demo-assets
 	$(MAKE) --no-print-directory pipeline EXP=ablate-$* ABLATION=$* MODEL=$(DEMO_MODEL) OVERLAYS="$(DEMO_OVERLAYS)" \
-		DATA=$(DEMO_DATA)
+		DATA=$(DEMO_DATA) PIPELINE_STAGES="$(or $(ablation_stages_$*),$(STAGES))" REUSE=$(REUSE_ABLATIONS)
 	$(LLAMO) eval run $(RUNS)/ablate-$* --data $(DEMO_DATA) --out $(RUNS)/ablate-$*/results.json $(DEMO_EVAL_ARGS)
 
 ablate-model-%: install ## Model-size ablation: the demo pipeline on experiments/model/<size>.yaml -> runs/ablate-model-<size>/results.json
 	@test -f experiments/model/$*.yaml || { echo "no experiments/model/$*.yaml; sizes: $(basename $(notdir $(wildcard experiments/model/*.yaml)))"; exit 2; }
 	@$(MAKE) --no-print-directory demo-assets
-	$(MAKE) --no-print-directory pipeline EXP=ablate-model-$* MODEL=$* OVERLAYS="$(DEMO_OVERLAYS)" DATA=$(DEMO_DATA)
+	$(MAKE) --no-print-directory pipeline EXP=ablate-model-$* MODEL=$* OVERLAYS="$(DEMO_OVERLAYS)" DATA=$(DEMO_DATA) \
+		REUSE=$(REUSE_ABLATIONS) REUSE_STAGES="vae evaluator"
 	$(LLAMO) eval run $(RUNS)/ablate-model-$* --data $(DEMO_DATA) --out $(RUNS)/ablate-model-$*/results.json \
 		$(DEMO_EVAL_ARGS)
 

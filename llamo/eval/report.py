@@ -209,13 +209,19 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def training_wall_times(run: Path) -> dict[str, dict[str, Any]]:
     """Per stage folder: fit wall time (``config.yaml`` written at fit start -> ``handoff.safetensors`` at fit end,
-    i.e. without the process start-up) and ``trainer.max_steps``; stages without a handoff are left out."""
+    i.e. without the process start-up) and ``trainer.max_steps``; stages without a handoff are left out.
+
+    A stage folder that is a symbolic link (an ablation reusing an unchanged stage of another run, see the
+    Makefile's ``REUSE``) has ``reused_from`` set to the link's target; its seconds are the target's fit time.
+    """
     out: dict[str, dict[str, Any]] = {}
     for name in RUN_STAGES:
         handoff, config = run / name / "handoff.safetensors", run / name / "config.yaml"
         if not handoff.is_file():
             continue
         entry: dict[str, Any] = {"seconds": None, "max_steps": None}
+        if (run / name).is_symlink():
+            entry["reused_from"] = str((run / name).resolve())
         if config.is_file():
             entry["seconds"] = max(0.0, handoff.stat().st_mtime - config.stat().st_mtime)
             steps = (_read_yaml(config).get("trainer") or {}).get("max_steps")
@@ -717,8 +723,10 @@ def summary_row(results: Mapping[str, Any]) -> dict[str, Any]:
         row["probe acc"] = lang["rows"][1]["accuracy"]
         row["probe ppl"] = lang["rows"][1]["perplexity"]
     train = results.get("training", {})
-    row["train s"] = sum(v["seconds"] for v in train.values() if v.get("seconds") is not None)
+    trained = [v for v in train.values() if "reused_from" not in v]
+    row["train s"] = sum(v["seconds"] for v in trained if v.get("seconds") is not None)
     row["eval s"] = results.get("seconds")
+    row["reused"] = [name for name, v in train.items() if "reused_from" in v]
     return row
 
 
@@ -798,6 +806,8 @@ def format_report(results: Mapping[str, Any]) -> str:
         for name, entry in train.items():
             seconds = "-" if entry["seconds"] is None else f"{entry['seconds']:.0f} s"
             steps = "-" if entry["max_steps"] is None else str(entry["max_steps"])
+            if "reused_from" in entry:
+                seconds += f" (reused: linked to `{entry['reused_from']}`)"
             lines.append(f"| {name} | {steps} | {seconds} |")
         lines += [
             "",
@@ -924,18 +934,22 @@ def ablation_report(runs_root: str | Path, reference: str = "demo") -> str:
         rows.append((f"{reference} (MoT, sampled VAE z32, stages 1-3)", ref_row))
     for p in paths:
         rows.append((p.parent.name.removeprefix("ablate-"), json.loads(p.read_text())["row"]))
-    header = "| run | " + " | ".join(c for c, _ in _SUMMARY_COLUMNS) + " |"
+    header = "| run | " + " | ".join(c for c, _ in _SUMMARY_COLUMNS) + " | reused stages |"
     lines = [
         f"# Ablations ({root})",
         "",
-        "Same corpus, demo budget and seeds for every row; `train s` is the summed fit wall time of the run's stages, "
-        "`eval s` the wall time of `llamo eval run`.",
+        "Same corpus, demo budget and seeds for every row; `train s` is the summed fit wall time of the stages the "
+        "run trained itself, `eval s` the wall time of `llamo eval run`. `reused stages` were linked from the "
+        "reference run instead of retrained because neither the ablation nor anything upstream changes them "
+        "(training is deterministic, so retraining would give the same weights). `-`: not measured for that run "
+        "(the latent-width rows are paper Table 2 and train the VAE only).",
         "",
         header,
-        "| --- |" + " ---: |" * len(_SUMMARY_COLUMNS),
+        "| --- |" + " ---: |" * len(_SUMMARY_COLUMNS) + " --- |",
     ]
     for name, row in rows:
-        lines.append(f"| {name} | " + " | ".join(_f(row.get(c), d) for c, d in _SUMMARY_COLUMNS) + " |")
+        reused = ", ".join(row.get("reused") or []) or "-"
+        lines.append(f"| {name} | " + " | ".join(_f(row.get(c), d) for c, d in _SUMMARY_COLUMNS) + f" | {reused} |")
     lines += ["", "## Direction vs the paper", ""]
     if ref_row is None:
         lines.append(f"No reference run ({ref_path} missing): directions cannot be compared. Run `make demo` first.")

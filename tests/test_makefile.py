@@ -1,0 +1,110 @@
+"""The Makefile's ablation plumbing: which stages an ablation reuses from the demo run, and the linking itself.
+
+`make` runs with ``-o install`` (the environment is already set up) and ``LLAMO="echo FIT"`` so that a stage that
+would train prints its command instead of training.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from llamo.eval.report import summary_row, training_wall_times
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+
+
+def _make(*args: str) -> str:
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-s", "-o", "install", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _reused(ablation: str, stages: str = "vae evaluator 1 2 3") -> set[str]:
+    probe = f"probe: ; @echo $(foreach s,{stages},$(if $(call reusable,$(s)),$(s)))"
+    out = _make("--eval", probe, "probe", f"ABLATION={ablation}", "REUSE=runs/demo")
+    return set(out.split())
+
+
+@pytest.mark.parametrize(
+    ("ablation", "expected"),
+    [
+        ("only_stage1", {"vae", "evaluator", "1"}),  # stages 2 and 3 have overlays (max_steps 0)
+        ("stages12", {"vae", "evaluator", "1", "2"}),
+        ("no_mot", {"vae", "evaluator"}),  # every LLaMo stage changes
+        ("vae_predicted", {"evaluator"}),  # the VAE changes, so everything downstream of it does
+        ("latent16", {"evaluator"}),
+        ("latent64", {"evaluator"}),
+    ],
+)
+def test_ablation_reuses_exactly_the_unchanged_stages(ablation: str, expected: set[str]) -> None:
+    assert _reused(ablation) == expected
+
+
+def test_no_reuse_without_a_reference_run() -> None:
+    probe = "probe: ; @echo [$(strip $(foreach s,vae evaluator 1 2 3,$(call reusable,$(s))))]"
+    assert _make("--eval", probe, "probe", "ABLATION=only_stage1", "REUSE=").strip() == "[]"
+
+
+def test_stage_links_the_reference_output_or_trains(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for stage in ("vae", "evaluator", "stage1"):
+        (runs / "demo" / stage).mkdir(parents=True)
+        (runs / "demo" / stage / "config.yaml").write_text("trainer:\n  max_steps: 5\n")
+        (runs / "demo" / stage / "handoff.safetensors").write_bytes(b"")
+    common = [f"RUNS={runs}", "EXP=ablate-t", "ABLATION=stages12", f"REUSE={runs}/demo", "LLAMO=echo FIT"]
+
+    out = _make("stage-vae", *common)
+    link = runs / "ablate-t" / "vae"
+    assert "FIT" not in out and "linked" in out
+    assert link.is_symlink() and Path(link.readlink()) == Path("../demo/vae")
+    _make("stage-1", *common)
+    times = training_wall_times(runs / "ablate-t")
+    assert set(times) == {"vae", "stage1"} and all("reused_from" in v for v in times.values())
+
+    # stage 2 is reusable for stages12, but the reference has no stage2 output: it trains
+    out = _make("stage-2", *common)
+    assert out.startswith("FIT fit ") and f"--handoff.save_to={runs}/ablate-t/stage2" in out
+    # stage 3 has an overlay in stages12: it trains even though it could be linked
+    out = _make("stage-3", *common)
+    assert "FIT fit " in out and "experiments/ablations/stages12/stage3.yaml" in out
+
+    # a reused stage that is later trained again loses its link first (training never writes into the reference)
+    out = _make("stage-vae", *common[:-2], "REUSE=", "LLAMO=echo FIT")
+    assert "FIT fit " in out and not link.exists() and (runs / "demo" / "vae" / "handoff.safetensors").is_file()
+
+    # the reference is never linked to itself
+    out = _make("stage-vae", f"RUNS={runs}", "EXP=demo", f"REUSE={runs}/demo", "LLAMO=echo FIT")
+    assert "FIT fit " in out and not (runs / "demo" / "vae").is_symlink()
+
+
+def test_summary_row_counts_only_trained_stages(tmp_path: Path) -> None:
+    import os
+
+    for stage, seconds in (("vae", 40.0), ("stage1", 10.0)):
+        (tmp_path / "ref" / stage).mkdir(parents=True)
+        for name, stamp in (("config.yaml", 1000.0), ("handoff.safetensors", 1000.0 + seconds)):
+            (tmp_path / "ref" / stage / name).write_text("trainer:\n  max_steps: 3\n")
+            os.utime(tmp_path / "ref" / stage / name, (stamp, stamp))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "vae").symlink_to("../ref/vae")
+    shutil.copytree(tmp_path / "ref" / "stage1", run / "stage1")
+    for name, stamp in (("config.yaml", 1000.0), ("handoff.safetensors", 1010.0)):
+        os.utime(run / "stage1" / name, (stamp, stamp))
+    training = training_wall_times(run)
+    assert training["vae"] == {"seconds": 40.0, "max_steps": 3, "reused_from": str(tmp_path / "ref" / "vae")}
+    assert "reused_from" not in training["stage1"]
+    tables = {k: {"skipped": "x", "rows": []} for k in ("reconstruction", "t2m", "m2t", "language", "samples")}
+    row = summary_row({"run": str(run), "tables": tables, "training": training, "seconds": 1.0})
+    assert row["train s"] == 10.0 and row["reused"] == ["vae"]
