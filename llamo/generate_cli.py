@@ -1,6 +1,7 @@
 """``llamo generate`` / ``llamo caption`` / ``llamo chat``: inference with a trained run (`llamo.core.generation`).
 
     llamo generate --ckpt runs/default "a person walks forward then waves" --out out.gif   # also .mp4 .png .npy
+    llamo generate ... --decode fast    # CUDA: static KV cache + compiled/CUDA-graphed steps (auto: on CUDA)
     llamo caption --ckpt runs/default clip.npy
     llamo chat --ckpt runs/default [--prompt "What is a pirouette?"]
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from llamo.core.generation import LLaMoRun, MotionChunk, load_run
+from llamo.core.generation import DECODE_CHOICES, LLaMoRun, MotionChunk, load_run, resolve_decode
 from llamo.motion.render import SUFFIXES, render_motion
 
 #: output extensions of ``llamo generate``: the renderer's animations/filmstrip and raw features
@@ -82,7 +83,14 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-tokens", type=int, default=10, help="latents before the exit head may stop (default 10)")
     parser.add_argument("--max-tokens", type=int, default=75, help="latents at most, 4 frames each (default 75)")
     parser.add_argument("--stream", action="store_true", help="print every frame as it is generated")
-    parser.add_argument("--compile", action="store_true", help="CUDA: compile the flow-head sampling loop")
+    parser.add_argument(
+        "--decode",
+        choices=DECODE_CHOICES,
+        default="auto",
+        help="decode path: eager (dynamic KV cache, the reference), fast (CUDA: static KV cache, compiled and "
+        "CUDA-graphed decode step and Euler loop; the first stream compiles) or auto (fast on CUDA, else eager; "
+        "default). The path used is printed",
+    )
 
 
 def _out_paths(out: Path, count: int) -> list[Path]:
@@ -106,6 +114,15 @@ def cli_run(args: argparse.Namespace) -> int:
     """Generate, report speed, write the outputs; exit 2 on a user error."""
     try:
         outs = _out_paths(args.out, len(args.prompts))
+        device = torch.device(_device(args))
+        decode = resolve_decode(args.decode, device)
+        if decode == "fast" and device.type != "cuda":
+            raise ValueError(
+                f"--decode fast needs a CUDA device (static KV cache + CUDA graphs), got --device {device}; use "
+                "--decode auto (fast on CUDA, eager elsewhere) or --decode eager"
+            )
+        how = f"{decode} (auto)" if args.decode == "auto" else decode
+        print(f"decode path: {how}", file=sys.stderr)
         run = _load(args)
         generator = torch.Generator().manual_seed(args.seed)
         stream = run.stream(
@@ -117,7 +134,7 @@ def cli_run(args: argparse.Namespace) -> int:
             min_tokens=args.min_tokens,
             max_tokens=args.max_tokens,
             generator=generator,
-            compile_flow=args.compile,
+            decode=decode,
         )
         features: list[list[np.ndarray]] = [[] for _ in args.prompts]
         first_frame = None
@@ -144,7 +161,10 @@ def cli_run(args: argparse.Namespace) -> int:
     clips = [np.concatenate(f).astype(np.float32) if f else np.zeros((0, 272), np.float32) for f in features]
     frames = sum(len(c) for c in clips)
     longest = max(len(c) for c in clips)
-    print(f"generated {frames} frames ({frames / FPS:.1f} s of motion) in {wall:.2f} s on {_device(args)}")
+    print(
+        f"generated {frames} frames ({frames / FPS:.1f} s of motion) in {wall:.2f} s on {_device(args)}, "
+        f"decode path {how}"
+    )
     if frames:
         per_stream = longest / wall  # every stream advances 4 frames per step; the longest sets the wall time
         print(

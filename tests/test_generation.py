@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 import torch
 from tiny_llamo import LATENT_DIM, LLAMA_CONFIGS, tiny_llamo, tiny_llamo_config, tiny_tokenizer
+from transformers.cache_utils import DynamicCache
 
 from llamo.checkpoint import save_stage_output
 from llamo.cli import main as llamo_main
 from llamo.core.generation import (
     STOP_EXIT,
     STOP_MAX_TOKENS,
+    FastDecodeOptions,
     JointTracker,
+    MotionChunk,
     _decode_text,
     _stop_ids,
     caption,
@@ -23,6 +26,7 @@ from llamo.core.generation import (
     generate_motion,
     load_run,
     m2t_prompt,
+    resolve_decode,
     stream_motion,
     t2m_prompt_ids,
 )
@@ -293,6 +297,209 @@ def test_caption_of_features_equals_caption_of_their_latents(parts) -> None:
     assert sampled[0] == sampled[1]
 
 
+# -- decode="fast": static cache, static shapes, compiled steps; the eager path is the reference ---------------
+
+#: the fast path's static-cache functions run eagerly (no compilation) on a CPU
+CPU_STATIC = FastDecodeOptions(compile=False, allow_cpu=True)
+#: ... on the packed motion weights (fused Q/K/V and gate/up stored (in, out))
+CPU_PACKED = FastDecodeOptions(compile=False, allow_cpu=True, pack_weights=True)
+#: both step functions traced into single graphs (fullgraph) and functionalised, without code generation
+CPU_TRACE = FastDecodeOptions(backend="aot_eager", mode=None, allow_cpu=True, pack_weights=True)
+
+
+class RowExit:
+    """Fake exit head for both decode paths: sequence i exits once it has ``stops[i]`` latents. The eager path
+    passes the running sequences' conditional rows, the fast path every sequence's row (it never drops one)."""
+
+    def __init__(self, stops: list[int]) -> None:
+        self.stops = stops
+        self.running = list(range(len(stops)))
+        self.calls = 0
+        self.rows: list[int] = []
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        rows = hidden.shape[0]
+        self.rows.append(rows)
+        sequences = list(range(len(self.stops))) if rows == len(self.stops) else self.running
+        assert rows == len(sequences)
+        stop = [self.calls >= self.stops[s] for s in sequences]
+        self.running = [s for s in self.running if self.calls < self.stops[s]]
+        self.calls += 1
+        return torch.tensor([20.0 if st else -20.0 for st in stop])
+
+
+def _collect(stream) -> tuple[list[MotionChunk], list[str]]:
+    chunks = []
+    while True:
+        try:
+            chunks.append(next(stream))
+        except StopIteration as done:
+            return chunks, done.value
+
+
+def _assert_same_chunks(fast: list[MotionChunk], eager: list[MotionChunk], atol: float = 1e-5) -> None:
+    assert [(c.sequence, c.index) for c in fast] == [(c.sequence, c.index) for c in eager]
+    for a, b in zip(fast, eager):
+        for name in ("latent", "normalized", "features", "joints"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=atol, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("cfg", "options"), [("null", CPU_STATIC), ("prompt", CPU_PACKED)], ids=["null", "prompt"])
+def test_fast_path_equals_eager_with_early_stop(
+    parts, monkeypatch: pytest.MonkeyPatch, cfg: str, options: FastDecodeOptions
+) -> None:
+    model, _, vae, formatter, normalizer = parts
+    prompts = [*PROMPTS, "a person runs in circle"]  # different lengths: left padding in the static cache
+
+    def source() -> dict:  # null: explicit noise; prompt: a generator (both paths draw every sequence's noise)
+        return dict(noise=_noise(6, 3, seed=4)) if cfg == "null" else dict(generator=torch.Generator().manual_seed(2))
+
+    runs = {}
+    for decode, fast in (("eager", None), ("fast", options)):
+        fake = RowExit([2, 99, 4])
+        monkeypatch.setattr(model, "exit_logits", fake)
+        stream = stream_motion(
+            model, vae, prompts, normalizer=normalizer, formatter=formatter, steps=2, guidance_scale=2.0, cfg=cfg,
+            min_tokens=0, max_tokens=6, decode=decode, fast=fast, **source(),
+        )  # fmt: skip
+        runs[decode] = (*_collect(stream), fake.rows)
+    (eager, eager_reasons, eager_rows), (fast, fast_reasons, fast_rows) = runs["eager"], runs["fast"]
+    assert eager_reasons == fast_reasons == [STOP_EXIT, STOP_MAX_TOKENS, STOP_EXIT]
+    assert [c.index for c in fast if c.sequence == 0] == [0, 1] and len(fast) == 2 + 6 + 4
+    _assert_same_chunks(fast, eager)
+    assert eager_rows == [3, 3, 3, 2, 2, 1]  # the eager path drops finished rows ...
+    assert fast_rows == [3] * 6  # ... the fast path keeps every row: the same shapes at every step
+    if cfg == "null":
+        # sequence 1 runs on alone for its last latent, still left-padded: both equal it generated without padding
+        monkeypatch.setattr(model, "exit_logits", RowExit([99]))
+        alone = generate_motion(
+            model, vae, PROMPTS[1], normalizer=normalizer, formatter=formatter, steps=2, guidance_scale=2.0,
+            min_tokens=0, max_tokens=6, noise=_noise(6, 3, seed=4)[:, 1:2],
+        )[0]  # fmt: skip
+        for chunks in (eager, fast):
+            latents = torch.stack([c.latent for c in chunks if c.sequence == 1])
+            torch.testing.assert_close(latents, alone.latents, atol=1e-5, rtol=1e-4)
+
+
+def test_fast_streams_reuse_one_static_cache(parts) -> None:
+    """Fast streams of one shape reuse the model's static cache (fixed addresses for CUDA graphs) and nothing leaks
+    from one stream into the next; interleaved streams get a cache of their own."""
+    model, _, vae, formatter, normalizer = parts
+    kw = dict(normalizer=normalizer, formatter=formatter, steps=2, exit_threshold=1.0, min_tokens=0, max_tokens=4)
+    kw.update(decode="fast", fast=CPU_STATIC)
+    first = generate_motion(model, vae, PROMPTS, noise=_noise(4, 2, seed=7), **kw)
+    slot = model._fast_decode_cache
+    generate_motion(model, vae, ["a person runs in circle", "a person walks"], noise=_noise(4, 2, seed=8), **kw)
+    assert model._fast_decode_cache is slot and not slot.busy
+    again = generate_motion(model, vae, PROMPTS, noise=_noise(4, 2, seed=7), **kw)
+    assert all(torch.equal(a.latents, b.latents) for a, b in zip(again, first))
+
+    reverse = generate_motion(model, vae, PROMPTS[::-1], noise=_noise(4, 2, seed=9), **kw)
+    streams = [
+        stream_motion(model, vae, PROMPTS, noise=_noise(4, 2, seed=7), **kw),
+        stream_motion(model, vae, PROMPTS[::-1], noise=_noise(4, 2, seed=9), **kw),
+    ]
+    chunks: list[list[MotionChunk]] = [[], []]
+    running = [0, 1]
+    while running:  # one chunk of each in turn
+        for i in list(running):
+            try:
+                chunks[i].append(next(streams[i]))
+            except StopIteration:
+                running.remove(i)
+    for got, expected in zip(chunks, (first, reverse)):
+        for seq, result in enumerate(expected):
+            latents = torch.stack([c.latent for c in got if c.sequence == seq])
+            torch.testing.assert_close(latents, result.latents, atol=1e-6, rtol=1e-5)
+    assert not slot.busy
+
+
+def test_fast_path_min_tokens_and_without_mot(parts, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _, vae, formatter, normalizer = parts
+    kw = dict(normalizer=normalizer, formatter=formatter, steps=2, max_tokens=5, noise=_noise(5, 2, seed=5))
+    monkeypatch.setattr(model, "exit_logits", lambda h: torch.full(h.shape[:-1], 50.0))
+    eager = generate_motion(model, vae, PROMPTS, min_tokens=3, **kw)
+    fast = generate_motion(model, vae, PROMPTS, min_tokens=3, decode="fast", fast=CPU_STATIC, **kw)
+    assert [r.latents.shape[0] for r in fast] == [3, 3] and {r.stop_reason for r in fast} == {STOP_EXIT}
+    for a, b in zip(fast, eager):
+        torch.testing.assert_close(a.joints, b.joints, atol=1e-5, rtol=1e-4)
+
+    dense, _ = tiny_llamo("gqa_tied", mot=False)  # "w/o MoT": motion tokens run through the base layers
+    kw.update(exit_threshold=1.0, min_tokens=0)
+    eager = generate_motion(dense.eval(), vae, PROMPTS, **kw)
+    fast = generate_motion(dense, vae, PROMPTS, decode="fast", fast=CPU_STATIC, **kw)
+    for a, b in zip(fast, eager):
+        assert a.stop_reason == b.stop_reason == STOP_MAX_TOKENS
+        torch.testing.assert_close(a.latents, b.latents, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_motion_weights_equal_the_twins(bias: bool) -> None:
+    shape = {**LLAMA_CONFIGS["gqa3_untied"], "attention_bias": bias, "mlp_bias": bias}
+    torch.manual_seed(0)
+    mot = LLaMo(tiny_llamo_config("gqa3_untied", llm=LLMConfig(config=shape))).eval().mot
+    with torch.no_grad():  # twins unlike the text branch, non-zero biases
+        for p in mot.motion_parameters():
+            p.add_(0.1 * torch.randn(p.shape))
+    x = torch.randn(2, 5, shape["hidden_size"])
+    with torch.no_grad():
+        reference = mot.motion_forward(x)
+        packed = mot.packed_motion_weights()
+        assert mot.packed_motion_weights() is packed  # cached while the twins are unchanged
+        torch.testing.assert_close(mot.motion_forward(x, packed=packed), reference, atol=1e-5, rtol=1e-4)
+        cache = DynamicCache(config=mot.llm.config)  # prefix, then a one-token step reading the cache
+        mot.motion_forward(x[:, :4], cache=cache, use_cache=True, packed=packed)
+        step = mot.motion_forward(x[:, 4:], cache=cache, use_cache=True, packed=packed)
+        torch.testing.assert_close(step[:, 0], reference[:, 4], atol=1e-5, rtol=1e-4)
+        mot.motion_layers[1].mlp.up_proj.weight.mul_(2.0)  # a training step / reload: the pack is stale
+        fresh = mot.packed_motion_weights()
+        assert fresh is not packed
+        changed = mot.motion_forward(x)
+        assert not torch.allclose(changed, reference)
+        torch.testing.assert_close(mot.motion_forward(x, packed=fresh), changed, atol=1e-5, rtol=1e-4)
+    dense, _ = tiny_llamo("gqa_tied", mot=False)
+    with pytest.raises(ValueError, match="packed motion weights need the motion twins"):
+        dense.mot.packed_motion_weights()
+
+
+def test_fast_step_functions_compile_fullgraph(parts) -> None:
+    """Both step functions trace into one graph each (fullgraph=True raises on any break) and give the uncompiled
+    results; a second stream with as many prompts of other lengths (a new cache, in the same length bucket)
+    reuses the compiled code."""
+    from torch._dynamo.utils import counters
+
+    model, _, vae, formatter, normalizer = parts
+    kw = dict(
+        normalizer=normalizer, formatter=formatter, steps=2, guidance_scale=2.0, cfg="prompt", exit_threshold=1.0,
+        min_tokens=0, max_tokens=4, noise=_noise(4, 2, seed=6), decode="fast",
+    )  # fmt: skip
+    reference = generate_motion(model, vae, PROMPTS, fast=CPU_STATIC, **kw)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = generate_motion(model, vae, PROMPTS, fast=CPU_TRACE, **kw)
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
+    for a, b in zip(compiled, reference):
+        torch.testing.assert_close(a.latents, b.latents, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(a.joints, b.joints, atol=1e-5, rtol=1e-4)
+    others = ["a person walks", "a person jumps then turns left and runs"]
+    assert {len(t2m_prompt_ids(formatter, p)) for p in others} != {len(t2m_prompt_ids(formatter, p)) for p in PROMPTS}
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = generate_motion(model, vae, others, fast=CPU_TRACE, **kw)
+        assert all(r.latents.shape == (4, LATENT_DIM) for r in again)
+    assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_resolve_decode_and_fast_options() -> None:
+    assert resolve_decode("auto", "cpu") == "eager" and resolve_decode("auto", torch.device("cuda")) == "fast"
+    assert resolve_decode("fast", "cpu") == "fast" and resolve_decode("eager", "cuda") == "eager"
+    with pytest.raises(ValueError, match="decode must be one of"):
+        resolve_decode("graph", "cpu")
+    with pytest.raises(ValueError, match=r"mode='reduce-overhead' needs backend='inductor'"):
+        FastDecodeOptions(backend="aot_eager")
+    with pytest.raises(ValueError, match="cache_multiple must be a positive integer"):
+        FastDecodeOptions(cache_multiple=0)
+
+
 # -- bad input -----------------------------------------------------------------------------------------------
 
 
@@ -315,8 +522,12 @@ def test_bad_inputs_raise_clear_errors(parts, tmp_path: Path) -> None:
         first("a person walks", cfg="empty")
     with pytest.raises(ValueError, match=r"noise must have shape \(max_tokens"):
         first("a person walks", noise=torch.zeros(2, 1, LATENT_DIM))
-    with pytest.raises(ValueError, match="compile_flow needs a CUDA device"):
-        first("a person walks", compile_flow=True)
+    with pytest.raises(ValueError, match="decode='fast' needs a CUDA device"):
+        first("a person walks", decode="fast")
+    with pytest.raises(ValueError, match="decode must be 'eager' or 'fast'"):
+        first("a person walks", decode="auto")
+    with pytest.raises(ValueError, match=r"only applies to decode='fast'"):
+        first("a person walks", fast=CPU_STATIC)
     with pytest.raises(ValueError, match="latents .* or features"):
         caption(model, vae, torch.zeros(8, 5), formatter=formatter)
     with pytest.raises(ValueError, match="need the corpus Mean/Std"):
@@ -373,8 +584,10 @@ def test_load_run_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     common = ["--ckpt", str(run_dir), "--steps", "2", "--min-tokens", "2", "--max-tokens", "3"]
     npy, gif = tmp_path / "out" / "walk.npy", tmp_path / "out" / "walk.gif"
     assert llamo_main(["generate", *common, PROMPTS[0], "--out", str(npy), "--stream"]) == 0
-    printed = capsys.readouterr().out
-    assert "frames/s" in printed and "real-time factor" in printed and "frame    0" in printed
+    printed = capsys.readouterr()
+    assert "frames/s" in printed.out and "real-time factor" in printed.out and "frame    0" in printed.out
+    # --decode auto on a CPU: the eager path, and the CLI says so
+    assert "decode path eager (auto)" in printed.out and "decode path: eager (auto)" in printed.err
     clip = np.load(npy)
     assert clip.dtype == np.float32 and clip.shape[1] == 272 and clip.shape[0] in (8, 12)
     assert llamo_main(["generate", *common, PROMPTS[0], "--out", str(gif)]) == 0
@@ -396,6 +609,8 @@ def test_load_run_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "extension must be one of" in capsys.readouterr().err
     assert llamo_main(["generate", *common, "  ", "--out", str(gif)]) == 2
     assert "prompt 0 is empty" in capsys.readouterr().err
+    assert llamo_main(["generate", *common, PROMPTS[0], "--out", str(npy), "--decode", "fast"]) == 2
+    assert "--decode fast needs a CUDA device" in capsys.readouterr().err
 
 
 @pytest.mark.smollm2

@@ -496,3 +496,15 @@ def test_exit_head_initial_probability_and_bad_input() -> None:
         head.loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3))
     with pytest.raises(ValueError, match="pos_weight must be > 0"):
         ExitHeadConfig(hidden_size=8, pos_weight=0.0)
+
+
+def test_flow_step_read_bytes_counts_the_state_path_every_step_and_the_rest_once() -> None:
+    from llamo.bench_generation import flow_step_read_bytes
+
+    head = FlowHead(FlowHeadConfig(latent_dim=8, cond_dim=12, width=16, depth=2))
+    total = sum(p.numel() * p.element_size() for p in head.parameters())
+    # state path: input_proj (8x16 + 16), per block LayerNorm (2x16) + MLP (2 x (16x16 + 16)), output (16x8 + 8)
+    state = 4 * ((8 * 16 + 16) + 2 * (2 * 16 + 2 * (16 * 16 + 16)) + (16 * 8 + 8))
+    assert flow_step_read_bytes(head, 1) == total
+    assert flow_step_read_bytes(head, 10) == state + (total - state) // 10
+    assert state < total

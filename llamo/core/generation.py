@@ -12,9 +12,21 @@ what the model was trained on). After one prefill, every step
    de-normalised and as joint positions;
 4. feeds the latent back through the motion adapter, one motion token per row, with the KV cache.
 
-A batch of prompts is left-padded (padding masked, positions counted per row) and streams together; a finished
-sequence's rows are removed from the KV cache, the VAE stream and the joint tracker, so it stops yielding and
-costs nothing afterwards.
+A batch of prompts is left-padded (padding masked, positions counted per row) and streams together. Two decode
+paths (``decode=``), same results (the eager one is the reference in the tests):
+
+- ``"eager"`` (default): a `DynamicCache`; a finished sequence's rows are removed from the KV cache, the VAE stream
+  and the joint tracker, so it stops yielding and costs nothing afterwards.
+- ``"fast"`` (CUDA): a `StaticCache` sized prompt + ``max_tokens`` for every LLM row (CFG rows included), written
+  at the cache's in-place position counter, and static shapes for the whole stream: finished sequences keep their
+  rows (they run on, their outputs are not yielded), so every step has the same shapes. The motion decode step
+  (adapter -> MoT motion-only layers with the static cache -> motion final norm -> exit head + flow condition) and
+  the flow head's Euler loop are two functions, each wrapped in ``torch.compile(fullgraph=True,
+  mode="reduce-overhead")`` (CUDA graphs; `FastDecodeOptions` makes backend/mode injectable, e.g. for CPU
+  tests). One host sync per token remains: the exit decision. The cache length is rounded up to a bucket
+  (``cache_multiple``) so prompts of other lengths reuse the compiled step; another batch size, ``steps`` or
+  guidance scale compiles again. On a CPU (``allow_cpu``, for tests and measurements) ``pack_weights`` runs the
+  step on `PackedMotionWeights`, whose layout speeds up batch-1 GEMVs there.
 
 Classifier-free guidance (``guidance_scale != 1``), two sources of the unconditional velocity:
 
@@ -37,7 +49,7 @@ frozen base model, so its greedy answer is the base model's.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,10 +57,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, StaticCache
 
 from llamo.checkpoint import load_stage_output, load_stage_weights
+from llamo.core.heads import FlowHead
 from llamo.core.model import LLaMo, LLaMoConfig
+from llamo.core.mot import PackedMotionWeights
 from llamo.core.vae import CausalMotionVAE, DecodeStream
 from llamo.data.format import IGNORE_INDEX, MotionSpan, SequenceFormatter
 from llamo.data.humanml272 import crop_to_multiple
@@ -60,10 +74,12 @@ from llamo.motion.rotation import rot6d_to_matrix
 from llamo.motion.skeleton import NUM_JOINTS
 
 __all__ = [
+    "DECODE_CHOICES",
     "LLAMO_STAGES",
     "MEAN_STD_STAGES",
     "STOP_EXIT",
     "STOP_MAX_TOKENS",
+    "FastDecodeOptions",
     "GeneratedMotion",
     "JointTracker",
     "LLaMoRun",
@@ -75,6 +91,7 @@ __all__ = [
     "load_run",
     "m2t_prompt",
     "model_formatter",
+    "resolve_decode",
     "stream_motion",
     "t2m_prompt_ids",
 ]
@@ -90,6 +107,9 @@ STOP_MAX_TOKENS = "max_tokens"
 _DUMMY_REPLY = "a"
 
 CFGSource = Literal["null", "prompt"]
+DecodePath = Literal["eager", "fast"]
+#: values of ``llamo generate --decode``: "auto" is "fast" on a CUDA device and "eager" elsewhere
+DECODE_CHOICES = ("auto", "eager", "fast")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -252,6 +272,149 @@ def _select_decode_rows(stream: DecodeStream, rows: Tensor) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The fast decode path: static KV cache, static shapes, compiled (CUDA-graphed) step functions
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FastDecodeOptions:
+    """How ``stream_motion(decode="fast")`` compiles its two step functions (defaults: the CUDA setting).
+
+    Tests and CPU experiments inject other values, e.g. ``FastDecodeOptions(backend="eager", mode=None,
+    allow_cpu=True)`` proves on a CPU that both functions trace into single graphs (``fullgraph=True``) without
+    paying for code generation.
+    """
+
+    compile: bool = True
+    """Wrap the motion decode step and the flow-head Euler loop in `torch.compile`; False runs the same
+    static-cache, static-shape functions eagerly."""
+    backend: str = "inductor"
+    """`torch.compile` backend (``"inductor"``; ``"eager"`` / ``"aot_eager"`` only trace, for tests)."""
+    mode: str | None = "reduce-overhead"
+    """`torch.compile` mode: ``"reduce-overhead"`` = inductor with CUDA graphs; None for the backend's default
+    (required for backends other than inductor)."""
+    fullgraph: bool = True
+    """Fail on a graph break instead of silently splitting the function (a break would also end CUDA-graph
+    capture)."""
+    allow_cpu: bool = False
+    """Allow the fast path on a non-CUDA device (tests, CPU measurements); by default asking for it there is a
+    ValueError."""
+    pack_weights: bool = False
+    """Run the decode step on `PackedMotionWeights` (fused Q/K/V and gate/up stored ``(in, out)``, cached on the
+    model): on the project's CPU in float32 a batch-1 step is ~25 % faster (MKL GEMV), in bfloat16 it is slower;
+    it costs a copy of ~75 % of the motion twins. Off by default (on a GPU it is untested and the copy costs
+    memory)."""
+    cache_multiple: int = 64
+    """The static cache length (prompt + ``max_tokens``) is rounded up to a multiple of this, so prompts of
+    different lengths share one compiled decode step (its shapes depend on the rows and the cache length only).
+    The extra slots are never written; causality masks them."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cache_multiple, int) or self.cache_multiple < 1:
+            raise ValueError(
+                f"FastDecodeOptions.cache_multiple must be a positive integer, got {self.cache_multiple!r}"
+            )
+        if self.mode is not None and self.backend != "inductor":
+            # torch.compile would only warn and ignore the mode
+            raise ValueError(
+                f"FastDecodeOptions.mode={self.mode!r} needs backend='inductor', got backend={self.backend!r}; pass "
+                "mode=None with other backends"
+            )
+
+
+def resolve_decode(decode: str, device: torch.device | str) -> DecodePath:
+    """The decode path ``decode`` (one of `DECODE_CHOICES`) means on ``device``: "auto" -> "fast" on CUDA, else
+    "eager"; "eager"/"fast" as given."""
+    if decode not in DECODE_CHOICES:
+        raise ValueError(f"decode must be one of {list(DECODE_CHOICES)}, got {decode!r}")
+    if decode == "auto":
+        return "fast" if torch.device(device).type == "cuda" else "eager"
+    return decode  # type: ignore[return-value]
+
+
+#: compiled wrappers, one per (function, options): a new stream reuses the compiled code instead of recompiling
+_COMPILED: dict[tuple[Callable[..., Any], FastDecodeOptions], Callable[..., Any]] = {}
+
+
+def _compiled(fn: Callable[..., Any], options: FastDecodeOptions) -> Callable[..., Any]:
+    if not options.compile:
+        return fn
+    key = (fn, options)
+    if key not in _COMPILED:
+        kwargs: dict[str, Any] = dict(backend=options.backend, fullgraph=options.fullgraph, dynamic=False)
+        if options.mode is not None:
+            kwargs["mode"] = options.mode
+        _COMPILED[key] = torch.compile(fn, **kwargs)
+    return _COMPILED[key]
+
+
+@dataclass
+class _CacheSlot:
+    """The static KV cache a model keeps for its fast streams (attribute ``_fast_decode_cache``)."""
+
+    key: tuple[Any, ...]
+    cache: StaticCache
+    busy: bool = False
+
+
+def _acquire_static_cache(model: LLaMo, rows: int, cache_len: int) -> tuple[StaticCache, _CacheSlot | None]:
+    """A `StaticCache` of ``rows`` x ``cache_len`` for one fast stream, and the model's slot it was taken from.
+
+    Streams of the same shape reuse one cache (`StaticCache.reset`), so its tensors keep their addresses: CUDA
+    graphs captured with them stay valid, where a new cache per stream would make inductor re-record the graphs
+    (and stop graphing a function after repeated re-records). A stream running while another holds the slot
+    (interleaved generators) gets a cache of its own; the caller frees the slot (``busy = False``) when done.
+    """
+    param = next(model.parameters())
+    key = (rows, cache_len, param.dtype, param.device)
+    slot: _CacheSlot | None = getattr(model, "_fast_decode_cache", None)
+    if slot is not None and slot.busy:
+        return StaticCache(config=model.llm.config, max_cache_len=cache_len), None
+    if slot is None or slot.key != key:
+        slot = _CacheSlot(key, StaticCache(config=model.llm.config, max_cache_len=cache_len))
+        model._fast_decode_cache = slot
+    else:
+        slot.cache.reset()
+    slot.busy = True
+    return slot.cache, slot
+
+
+def _motion_heads(model: LLaMo, hidden: Tensor, cond_rows: int) -> tuple[Tensor, Tensor]:
+    """``(exit logits (cond_rows,) float32 of the conditional rows, flow conditions (R, cond_dim) of all rows)``
+    from last-layer motion hidden states ``(R, H)``."""
+    return model.exit_logits(hidden[:cond_rows]).float(), model.flow_condition(hidden)
+
+
+def _motion_decode_step(
+    model: LLaMo,
+    cache: Cache,
+    latents: Tensor,
+    position_ids: Tensor,
+    padding_mask: Tensor,
+    cond_rows: int,
+    packed: PackedMotionWeights | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One motion token per LLM row, static shapes: latents ``(R, latent_dim)`` -> adapter -> MoT motion-only
+    layers (writing the static ``cache`` at its in-place position) -> motion final norm -> `_motion_heads`.
+
+    ``position_ids (R, 1)`` are the rows' RoPE positions (left padding: rows differ), ``padding_mask (R,
+    cache_len)`` marks the real keys over the whole static cache (causality hides the slots not written yet);
+    ``packed``: see `FastDecodeOptions.pack_weights`.
+    """
+    embeds = model.adapter(latents)[:, None]  # (R, 1, H): a motion slot's embedding is adapter(z), as in `embed`
+    hidden = model.mot.motion_forward(embeds, padding_mask, position_ids, cache, use_cache=True, packed=packed)
+    hidden = hidden[:, -1]  # (R, H)
+    return _motion_heads(model, hidden, cond_rows)
+
+
+def _flow_sample(
+    head: FlowHead, cond: Tensor, uncond: Tensor | None, noise: Tensor, steps: int, guidance_scale: float
+) -> Tensor:
+    """The flow head's Euler loop (`FlowHead.sample`) as one function of tensors (``steps`` is unrolled)."""
+    return head.sample(cond, steps=steps, guidance_scale=guidance_scale, noise=noise, uncond=uncond)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Text-to-motion
 # ---------------------------------------------------------------------------------------------------------
 
@@ -277,7 +440,8 @@ def stream_motion(
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
     temperature: float = 1.0,
-    compile_flow: bool = False,
+    decode: DecodePath = "eager",
+    fast: FastDecodeOptions | None = None,
 ) -> Generator[MotionChunk, None, list[str]]:
     """Stream motions for one caption or a batch of captions; yields `MotionChunk` s (see the module docstring).
 
@@ -300,8 +464,12 @@ def stream_motion(
             sequences are still running, so a sequence's draws do not depend on when the others stop.
         noise: ``(max_tokens, len(prompts), latent_dim)`` explicit initial noise (replaces ``generator``).
         temperature: scale of the generated initial noise.
-        compile_flow: CUDA only: `torch.compile` the flow head's sampling loop (``mode="reduce-overhead"``, i.e.
-            CUDA graphs); the eager loop is the reference.
+        decode: ``"eager"`` (DynamicCache, finished rows dropped; the reference) or ``"fast"`` (StaticCache,
+            static shapes, compiled/CUDA-graphed decode step and Euler loop; CUDA unless ``fast.allow_cpu``).
+            Both give the same chunks and stop reasons (latents equal up to floating-point rounding).
+            `resolve_decode` turns ``"auto"`` into one of them.
+        fast: compile options of the fast path (default `FastDecodeOptions()`: inductor + CUDA graphs); only
+            with ``decode="fast"``. The first fast stream of a shape compiles (slow); later ones reuse it.
     """
     captions = _check_prompts(prompts)
     n = len(captions)
@@ -330,93 +498,143 @@ def stream_motion(
             f"the VAE has latent_dim {vae.config.latent_dim} but the model expects {latent_dim}; load the VAE of "
             "the same run"
         )
-    sample = head.sample
-    if compile_flow:
-        if device.type != "cuda":
-            raise ValueError(f"compile_flow needs a CUDA device, the model is on {device}; use the eager path")
-        sample = torch.compile(head.sample, mode="reduce-overhead", dynamic=False)
+    if decode not in ("eager", "fast"):
+        raise ValueError(
+            f"decode must be 'eager' or 'fast', got {decode!r} (resolve 'auto' with resolve_decode(decode, device))"
+        )
+    if fast is not None and decode != "fast":
+        raise ValueError("fast= (FastDecodeOptions) only applies to decode='fast'; drop it or pass decode='fast'")
+    static = decode == "fast"
+    options = FastDecodeOptions() if fast is None else fast
+    if static and device.type != "cuda" and not options.allow_cpu:
+        raise ValueError(
+            f"decode='fast' needs a CUDA device (static KV cache + CUDA graphs), the model is on {device}; use "
+            "decode='eager' (llamo generate --decode eager/auto), or FastDecodeOptions(allow_cpu=True) to run it "
+            "on this device anyway"
+        )
     formatter = model_formatter(model) if formatter is None else formatter
     uncond_rows = cfg == "prompt" and scale != 1.0
 
-    rows = [t2m_prompt_ids(formatter, c) for c in captions]
-    if uncond_rows:
-        rows += [t2m_prompt_ids(formatter, "")] * n
-    lengths = [len(r) for r in rows]
-    ids, mask = _left_pad(rows, formatter.pad_id, device)
-    positions = (mask.long().cumsum(1) - 1).clamp_min(0)  # (R, L): each row counts from its first real token
-    cache = DynamicCache(config=model.llm.config)
-    hidden = model(
-        ids,
-        attention_mask=mask if len(set(lengths)) > 1 else None,
-        position_ids=positions,
-        cache=cache,
-        use_cache=True,
-    ).hidden_states[:, -1]  # (R, H) at [BOM]
-    next_position = positions[:, -1:] + 1  # (R, 1)
-
-    active = list(range(n))  # sequence of conditional row i (uncond row i + len(active) mirrors it)
-    reasons = [""] * n
-    decoder = vae.decode_stream()
-    tracker = JointTracker(n, device)
-    vae_dtype = next(vae.parameters()).dtype
-    for k in range(max_tokens + 1):
-        count = len(active)
-        if k == max_tokens:
-            stop = [True] * count
-        elif k >= min_tokens:
-            p_exit = torch.sigmoid(model.exit_logits(hidden[:count]).float()).tolist()
-            stop = [p > exit_threshold for p in p_exit]
+    slot: _CacheSlot | None = None  # the model's reusable static cache while this stream holds it
+    try:
+        rows = [t2m_prompt_ids(formatter, c) for c in captions]
+        if uncond_rows:
+            rows += [t2m_prompt_ids(formatter, "")] * n
+        lengths = [len(r) for r in rows]
+        ids, mask = _left_pad(rows, formatter.pad_id, device)
+        positions = (mask.long().cumsum(1) - 1).clamp_min(0)  # (R, L): each row counts from its first real token
+        # the static cache holds the prompt and every motion token fed back (max_tokens - 1), rounded up to a bucket
+        multiple = options.cache_multiple
+        cache_len = -(-(ids.shape[1] + max_tokens) // multiple) * multiple
+        cache: Cache
+        if static:
+            cache, slot = _acquire_static_cache(model, ids.shape[0], cache_len)
         else:
-            stop = [False] * count
-        if any(stop):
-            for i in (i for i in range(count) if stop[i]):
-                reasons[active[i]] = STOP_MAX_TOKENS if k == max_tokens else STOP_EXIT
-            keep = [i for i in range(count) if not stop[i]]
-            if not keep:
-                return reasons
-            keep_rows = keep + [i + count for i in keep] if uncond_rows else keep
-            row_index = torch.tensor(keep_rows, device=device)
-            cache.batch_select_indices(row_index)
-            hidden, mask, next_position = hidden[row_index], mask[row_index], next_position[row_index]
-            lengths = [lengths[i] for i in keep_rows]
-            decoder_rows = torch.tensor(keep, device=device)
-            _select_decode_rows(decoder, decoder_rows)
-            tracker.select(decoder_rows)
-            active = [active[i] for i in keep]
-            count = len(active)
-
-        if noise is not None:
-            x0 = noise[k, active].to(device)
-        else:
-            gen_device = generator.device if generator is not None else device
-            x0 = temperature * torch.randn(n, latent_dim, generator=generator, device=gen_device)[active].to(device)
-        cond = model.flow_condition(hidden[:count])  # (A, cond_dim)
-        uncond = model.flow_condition(hidden[count:]) if uncond_rows else None
-        z = sample(cond, steps=steps, guidance_scale=scale, noise=x0.float(), uncond=uncond)  # (A, D)
-
-        normalized = decoder.step(z.to(vae_dtype)[:, None]).float()  # (A, 4, 272)
-        features = normalizer.denormalise(normalized)
-        joints = tracker.step(features)  # (A, 4, 22, 3)
-        latents = z.float()
-        for i, seq in enumerate(active):
-            yield MotionChunk(seq, k, latents[i], normalized[i], features[i], joints[i])
-
-        if k + 1 == max_tokens:
-            continue  # the cap stops every sequence next; feeding this latent back would be wasted
-        feed = torch.cat([z, z]) if uncond_rows else z  # the unconditional rows continue with the same motion
-        rows_now = feed.shape[0]
-        mask = torch.cat([mask, mask.new_ones(rows_now, 1)], dim=1)
+            cache = DynamicCache(config=model.llm.config)
         hidden = model(
-            torch.full((rows_now, 1), formatter.pad_id, dtype=torch.long, device=device),
-            motion_mask=torch.ones(rows_now, 1, dtype=torch.bool, device=device),
-            latents=feed,
+            ids,
             attention_mask=mask if len(set(lengths)) > 1 else None,
-            position_ids=next_position,
+            position_ids=positions,
             cache=cache,
             use_cache=True,
-        ).hidden_states[:, -1]
-        next_position = next_position + 1
-    raise AssertionError("unreachable: every sequence stops at max_tokens")
+        ).hidden_states[:, -1]  # (R, H) at [BOM]
+        next_position = positions[:, -1:] + 1  # (R, 1)
+        if static:
+            step_fn = _compiled(_motion_decode_step, options)
+            flow_fn = _compiled(_flow_sample, options)
+            graphed = options.compile and options.mode == "reduce-overhead" and device.type == "cuda"
+            packed = model.mot.packed_motion_weights() if options.pack_weights else None
+            exit_logits, cond_all = _motion_heads(model, hidden, n)  # (n,), (R, cond_dim)
+            # (R, cache_len): every key slot after the prompt is real; causality hides the ones not written yet
+            padding = torch.cat([mask, mask.new_ones(mask.shape[0], cache_len - mask.shape[1])], dim=1)
+
+        active = list(range(n))  # sequence of conditional row i (uncond row i + len(active) mirrors it)
+        reasons = [""] * n
+        decoder = vae.decode_stream()
+        tracker = JointTracker(n, device)
+        vae_dtype = next(vae.parameters()).dtype
+        for k in range(max_tokens + 1):
+            count = len(active)
+            # batch row of each running sequence: the fast path never drops rows, the eager path packs them
+            batch_rows = active if static else list(range(count))
+            if k == max_tokens:
+                stop = [True] * count
+            elif k >= min_tokens:
+                logits = exit_logits[batch_rows] if static else model.exit_logits(hidden[:count])
+                p_exit = torch.sigmoid(logits.float()).tolist()
+                stop = [p > exit_threshold for p in p_exit]
+            else:
+                stop = [False] * count
+            if any(stop):
+                for i in (i for i in range(count) if stop[i]):
+                    reasons[active[i]] = STOP_MAX_TOKENS if k == max_tokens else STOP_EXIT
+                keep = [i for i in range(count) if not stop[i]]
+                if not keep:
+                    return reasons
+                if not static:
+                    keep_rows = keep + [i + count for i in keep] if uncond_rows else keep
+                    row_index = torch.tensor(keep_rows, device=device)
+                    cache.batch_select_indices(row_index)
+                    hidden, mask, next_position = hidden[row_index], mask[row_index], next_position[row_index]
+                    lengths = [lengths[i] for i in keep_rows]
+                    decoder_rows = torch.tensor(keep, device=device)
+                    _select_decode_rows(decoder, decoder_rows)
+                    tracker.select(decoder_rows)
+                active = [active[i] for i in keep]
+                count = len(active)
+                batch_rows = active if static else list(range(count))
+
+            # initial noise of the rows in the batch: every sequence's (fast) or the running ones' (eager)
+            drawn = slice(None) if static else active
+            if noise is not None:
+                x0 = noise[k, drawn].to(device)
+            else:
+                gen_device = generator.device if generator is not None else device
+                x0 = temperature * torch.randn(n, latent_dim, generator=generator, device=gen_device)[drawn].to(device)
+            if static:
+                uncond = cond_all[n:] if uncond_rows else None
+                z = flow_fn(head, cond_all[:n], uncond, x0.float(), steps, scale).clone()  # (n, D)
+            else:
+                cond = model.flow_condition(hidden[:count])  # (A, cond_dim)
+                uncond = model.flow_condition(hidden[count:]) if uncond_rows else None
+                z = head.sample(cond, steps=steps, guidance_scale=scale, noise=x0.float(), uncond=uncond)  # (A, D)
+
+            normalized = decoder.step(z.to(vae_dtype)[:, None]).float()  # (B, 4, 272)
+            features = normalizer.denormalise(normalized)
+            joints = tracker.step(features)  # (B, 4, 22, 3)
+            latents = z.float()
+            for seq, row in zip(active, batch_rows):
+                yield MotionChunk(seq, k, latents[row], normalized[row], features[row], joints[row])
+
+            if k + 1 == max_tokens:
+                continue  # the cap stops every sequence next; feeding this latent back would be wasted
+            feed = torch.cat([z, z]) if uncond_rows else z  # the unconditional rows continue with the same motion
+            if static:
+                if graphed:  # a new step of the CUDA-graph trees: the previous step's outputs may be overwritten
+                    torch.compiler.cudagraph_mark_step_begin()
+                exit_logits, cond_all = step_fn(model, cache, feed, next_position, padding, n, packed)
+                # clones: outputs of a CUDA graph live in its static memory, which the next replay overwrites
+                exit_logits, cond_all = exit_logits.clone(), cond_all.clone()
+                next_position = next_position + 1
+                continue
+            rows_now = feed.shape[0]
+            mask = torch.cat([mask, mask.new_ones(rows_now, 1)], dim=1)
+            hidden = model(
+                torch.full((rows_now, 1), formatter.pad_id, dtype=torch.long, device=device),
+                motion_mask=torch.ones(rows_now, 1, dtype=torch.bool, device=device),
+                latents=feed,
+                # the padding mask is needed while ANY kept row is left-padded, even when all kept rows are equally
+                # long (the longer prompts that set the padded width may have finished)
+                attention_mask=mask if min(lengths) < ids.shape[1] else None,
+                position_ids=next_position,
+                cache=cache,
+                use_cache=True,
+            ).hidden_states[:, -1]
+            next_position = next_position + 1
+        raise AssertionError("unreachable: every sequence stops at max_tokens")
+    finally:
+        if slot is not None:
+            slot.busy = False
 
 
 def generate_motion(
