@@ -131,16 +131,20 @@ def test_summary_row_and_ablation_report(tmp_path: Path) -> None:
         "ablate-latent16": {"mpjpe": 30.0},  # paper: higher -> reproduces
         "ablate-latent64": {"mpjpe": 25.0},  # paper: lower -> does not reproduce
         "ablate-only_stage1": {"r3": 0.2},
+        "ablate-stages12": {"r3": 0.485},  # 0.015 below the reference: within the two 0.01 intervals
     }.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(_results(name, **kwargs)))
     row = summary_row(_results("demo"))
     assert row["T2M R@3"] == 0.5 and row["shuffled R@3"] == 0.09 and row["train s"] == 30.0
     md = ablation_report(tmp_path)
-    assert md.count("\n| ") == 2 + 4  # header, separator, demo + 3 ablations
+    assert md.count("\n| ") == 2 + 5  # header, separator, demo + 4 ablations
     assert "latent16, MPJPE: 30 vs 20 (higher); paper: higher" in md and "— reproduces." in md
     assert "latent64, MPJPE: 25 vs 20 (higher); paper: lower" in md and "does NOT reproduce" in md
     assert "only_stage1, T2M R@3: 0.2 vs 0.5 (lower)" in md
+    assert "stages12, T2M R@3: 0.485 vs 0.5 (lower); paper: lower" in md
+    assert "— inconclusive: the difference is within the 95 % intervals (±0.01, ±0.01)." in md
+    assert "only_stage1, T2M R@3: 0.2 vs 0.5 (lower); paper: lower (Table 6: R@3 0.959 -> 0.762) — reproduces." in md
     with pytest.raises(FileNotFoundError, match="ablate-"):
         ablation_report(tmp_path / "nothing")
 

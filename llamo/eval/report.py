@@ -711,6 +711,7 @@ def summary_row(results: Mapping[str, Any]) -> dict[str, Any]:
     t2m = last("t2m")
     row["T2M FID"] = t2m["FID"] if t2m else None
     row["T2M R@3"] = t2m["R@3"] if t2m else None
+    row["T2M R@3 ci95"] = t2m.get("R@3_ci95") if t2m else None
     if not tables["t2m"]["skipped"] and tables["t2m"].get("rows"):
         row["shuffled R@3"] = tables["t2m"]["rows"][1]["R@3"]
     m2t = last("m2t")
@@ -929,11 +930,12 @@ def ablation_report(runs_root: str | Path, reference: str = "demo") -> str:
         raise FileNotFoundError(f"no {root}/ablate-*/results.json found; run `make ablations` (or make ablate-<name>)")
     rows: list[tuple[str, dict[str, Any]]] = []
     ref_path = root / reference / "results.json"
-    ref_row = json.loads(ref_path.read_text())["row"] if ref_path.is_file() else None
+    # rows are recomputed from the stored tables, so results written by an older llamo get today's columns
+    ref_row = summary_row(json.loads(ref_path.read_text())) if ref_path.is_file() else None
     if ref_row is not None:
         rows.append((f"{reference} (MoT, sampled VAE z32, stages 1-3)", ref_row))
     for p in paths:
-        rows.append((p.parent.name.removeprefix("ablate-"), json.loads(p.read_text())["row"]))
+        rows.append((p.parent.name.removeprefix("ablate-"), summary_row(json.loads(p.read_text()))))
     header = "| run | " + " | ".join(c for c, _ in _SUMMARY_COLUMNS) + " | reused stages |"
     lines = [
         f"# Ablations ({root})",
@@ -962,10 +964,21 @@ def ablation_report(runs_root: str | Path, reference: str = "demo") -> str:
                 lines.append(f"- {name}, {metric}: not measured ({paper}).")
                 continue
             went = "higher" if ours > ref else "lower" if ours < ref else "equal"
-            verdict = "reproduces" if went == direction else "does NOT reproduce"
+            ci, ref_ci = row.get(f"{metric} ci95"), ref_row.get(f"{metric} ci95")
+            if ci is not None and ref_ci is not None and abs(ours - ref) <= ci + ref_ci:
+                verdict = f"inconclusive: the difference is within the 95 % intervals (±{ci:.3g}, ±{ref_ci:.3g})"
+            else:
+                verdict = "reproduces" if went == direction else "does NOT reproduce"
             lines.append(
                 f"- {name}, {metric}: {ours:.4g} vs {ref:.4g} ({went}); paper: {direction} ({paper}) — {verdict}."
             )
+    if ref_row is not None:
+        lines += [
+            "",
+            "One seed per row. T2M R@3 carries the 95 % interval of the protocol's repetitions (over R-precision "
+            "groups, not over training seeds); FID, MPJPE, BLEU and the probe carry none, so a small difference in "
+            "them can be seed-to-seed noise.",
+        ]
     return "\n".join(lines) + "\n"
 
 
