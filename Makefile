@@ -130,17 +130,17 @@ bench: install ## Benchmarks (not tests): print timing tables and ratios
 
 stage-%: install ## Run one stage: make stage-{vae,evaluator,1,2,3} EXP=name MODEL=size (writes runs/EXP/<stage>/)
 	@test -n "$(dir_$*)" || { echo "unknown stage '$*': use one of $(STAGES)"; exit 2; }
-	@out=$(RUNS)/$(EXP)/$(dir_$*); \
-	if [ -n "$(call reusable,$*)" ] && [ -f $(REUSE)/$(dir_$*)/handoff.safetensors ] && \
+	@if [ -n "$(call reusable,$*)" ] && [ -f $(REUSE)/$(dir_$*)/handoff.safetensors ] && \
 		[ "$$(realpath -m $(REUSE))" != "$$(realpath -m $(RUNS)/$(EXP))" ]; then \
-		mkdir -p $(RUNS)/$(EXP) && rm -rf $$out && ln -s "$$(realpath --relative-to=$(RUNS)/$(EXP) $(REUSE)/$(dir_$*))" $$out && \
-		echo "stage $*: linked $$out -> $(REUSE)/$(dir_$*) (unchanged by ablation '$(ABLATION)' and its upstream stages)"; \
+		mkdir -p $(RUNS)/$(EXP) && rm -rf $(RUNS)/$(EXP)/$(dir_$*) && \
+		ln -s "$$(realpath --relative-to=$(RUNS)/$(EXP) $(REUSE)/$(dir_$*))" $(RUNS)/$(EXP)/$(dir_$*) && \
+		echo "stage $*: linked $(RUNS)/$(EXP)/$(dir_$*) -> $(REUSE)/$(dir_$*) (unchanged by ablation '$(ABLATION)' and its upstream stages)"; \
 		exit 0; fi; \
-	if [ -L $$out ]; then rm $$out; fi; \
+	if [ -L $(RUNS)/$(EXP)/$(dir_$*) ]; then rm $(RUNS)/$(EXP)/$(dir_$*); fi; \
 	set -x; $(LLAMO) fit $(addprefix --config ,$(call stage_configs,$*)) \
 		--trainer.logger.init_args.save_dir=$(RUNS) --trainer.logger.init_args.name=$(EXP) \
 		--trainer.logger.init_args.version=$(dir_$*) --data.init_args.root=$(DATA) $(call stage_data_args,$*) \
-		$(if $(prev_$*),--handoff.load_from=$(RUNS)/$(EXP)/$(prev_$*)) --handoff.save_to=$$out $(ARGS)
+		$(if $(prev_$*),--handoff.load_from=$(RUNS)/$(EXP)/$(prev_$*)) --handoff.save_to=$(RUNS)/$(EXP)/$(dir_$*) $(ARGS)
 
 pipeline: install ## vae -> evaluator -> stage1 -> stage2 -> stage3 with handoffs (EXP=name MODEL=size DATA=dir)
 	@test -d $(DATA) || $(LLAMO) data synth --out $(DATA) --clips 2000 --seed 0

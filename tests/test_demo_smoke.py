@@ -51,10 +51,13 @@ def _fit_commands(make_output: str) -> dict[str, list[str]]:
     text = make_output.replace("\\\n", " ")
     out: dict[str, list[str]] = {}
     for line in text.splitlines():
-        words = shlex.split(line)
-        if words[1:4] == ["-m", "llamo", "fit"]:
-            version = next(w.split("=", 1)[1] for w in words if w.startswith("--trainer.logger.init_args.version="))
-            out[version] = words[3:]
+        # the stage recipe is one shell line: the reuse check, then `set -x; PY -m llamo fit ...` at its end
+        words = line.split()
+        at = next((i for i in range(1, len(words)) if words[i : i + 3] == ["-m", "llamo", "fit"]), None)
+        if at is not None:
+            fit = shlex.split(" ".join(words[at:]))
+            version = next(w.split("=", 1)[1] for w in fit if w.startswith("--trainer.logger.init_args.version="))
+            out[version] = fit[2:]
     return out
 
 
