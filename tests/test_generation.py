@@ -144,21 +144,23 @@ def test_prompt_cfg_equals_uncached_guided_recomputation(parts) -> None:
 
 
 class ScheduledExit:
-    """Fake exit head: sequence i exits once it has ``stops[i]`` latents. It mirrors the documented row layout
-    (conditional rows of the running sequences, in prompt order), so a bookkeeping error in the generator makes
-    the wrong sequences stop."""
+    """Fake exit head: sequence i exits once it has ``stops[i]`` latents. It mirrors the documented row layout, so
+    a bookkeeping error in the generator makes the wrong sequences stop: the eager path passes the conditional
+    rows of the running sequences in prompt order; the fast path (``keeps_rows``) every sequence's row."""
 
-    def __init__(self, stops: list[int]) -> None:
+    def __init__(self, stops: list[int], keeps_rows: bool = False) -> None:
         self.stops = stops
+        self.keeps_rows = keeps_rows
         self.running = list(range(len(stops)))
         self.calls = 0
         self.rows: list[int] = []
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         self.rows.append(hidden.shape[0])
-        assert hidden.shape[0] == len(self.running)
-        stop = [self.calls >= self.stops[s] for s in self.running]
-        self.running = [s for s, st in zip(self.running, stop) if not st]
+        sequences = list(range(len(self.stops))) if self.keeps_rows else self.running
+        assert hidden.shape[0] == len(sequences)
+        stop = [self.calls >= self.stops[s] for s in sequences]
+        self.running = [s for s in self.running if self.calls < self.stops[s]]
         self.calls += 1
         return torch.tensor([20.0 if st else -20.0 for st in stop])
 
@@ -307,27 +309,6 @@ CPU_PACKED = FastDecodeOptions(compile=False, allow_cpu=True, pack_weights=True)
 CPU_TRACE = FastDecodeOptions(backend="aot_eager", mode=None, allow_cpu=True, pack_weights=True)
 
 
-class RowExit:
-    """Fake exit head for both decode paths: sequence i exits once it has ``stops[i]`` latents. The eager path
-    passes the running sequences' conditional rows, the fast path every sequence's row (it never drops one)."""
-
-    def __init__(self, stops: list[int]) -> None:
-        self.stops = stops
-        self.running = list(range(len(stops)))
-        self.calls = 0
-        self.rows: list[int] = []
-
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        rows = hidden.shape[0]
-        self.rows.append(rows)
-        sequences = list(range(len(self.stops))) if rows == len(self.stops) else self.running
-        assert rows == len(sequences)
-        stop = [self.calls >= self.stops[s] for s in sequences]
-        self.running = [s for s in self.running if self.calls < self.stops[s]]
-        self.calls += 1
-        return torch.tensor([20.0 if st else -20.0 for st in stop])
-
-
 def _collect(stream) -> tuple[list[MotionChunk], list[str]]:
     chunks = []
     while True:
@@ -356,7 +337,7 @@ def test_fast_path_equals_eager_with_early_stop(
 
     runs = {}
     for decode, fast in (("eager", None), ("fast", options)):
-        fake = RowExit([2, 99, 4])
+        fake = ScheduledExit([2, 99, 4], keeps_rows=decode == "fast")
         monkeypatch.setattr(model, "exit_logits", fake)
         stream = stream_motion(
             model, vae, prompts, normalizer=normalizer, formatter=formatter, steps=2, guidance_scale=2.0, cfg=cfg,
@@ -371,7 +352,7 @@ def test_fast_path_equals_eager_with_early_stop(
     assert fast_rows == [3] * 6  # ... the fast path keeps every row: the same shapes at every step
     if cfg == "null":
         # sequence 1 runs on alone for its last latent, still left-padded: both equal it generated without padding
-        monkeypatch.setattr(model, "exit_logits", RowExit([99]))
+        monkeypatch.setattr(model, "exit_logits", ScheduledExit([99]))
         alone = generate_motion(
             model, vae, PROMPTS[1], normalizer=normalizer, formatter=formatter, steps=2, guidance_scale=2.0,
             min_tokens=0, max_tokens=6, noise=_noise(6, 3, seed=4)[:, 1:2],
