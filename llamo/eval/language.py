@@ -139,41 +139,43 @@ class HFLogitsFn:
         """Device of the model's parameters."""
         return next(self.model.parameters()).device
 
-    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Logits ``(B, L, V)`` of every position, no cache."""
+    def _logits(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        positions: Tensor,
+        cache: Any = None,
+        use_cache: bool = False,
+        last_only: bool = False,
+    ) -> tuple[Tensor, Any]:
+        """The one model call behind every method: logits ``(B, L or 1, V)`` (``last_only``: the last position only)
+        and the cache. Subclasses for other models override this alone."""
         device = self.device
-        out = self.model(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            position_ids=positions_from_mask(attention_mask).to(device),
-            use_cache=False,
-        )
-        return out.logits
-
-    def start(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
-        """Prefill: last-position logits ``(B, V)`` (only that row goes through the LM head) and the KV cache."""
-        device = self.device
-        out = self.model(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            position_ids=positions_from_mask(attention_mask).to(device),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1], out.cache
-
-    def step(self, input_ids: Tensor, attention_mask: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """One cached decode step for ``input_ids (B, 1)``."""
-        device = self.device
-        positions = positions_from_mask(attention_mask)[:, -input_ids.shape[1] :]  # (B, 1)
         out = self.model(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
             position_ids=positions.to(device),
-            cache=state,
-            use_cache=True,
+            cache=cache,
+            use_cache=use_cache,
+            logits_to_keep=1 if last_only else 0,
         )
-        return out.logits[:, -1], out.cache
+        return out.logits, out.cache
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Logits ``(B, L, V)`` of every position, no cache."""
+        return self._logits(input_ids, attention_mask, positions_from_mask(attention_mask))[0]
+
+    def start(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
+        """Prefill: last-position logits ``(B, V)`` (only that row goes through the LM head) and the KV cache."""
+        positions = positions_from_mask(attention_mask)
+        logits, cache = self._logits(input_ids, attention_mask, positions, use_cache=True, last_only=True)
+        return logits[:, -1], cache
+
+    def step(self, input_ids: Tensor, attention_mask: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """One cached decode step for ``input_ids (B, 1)``."""
+        positions = positions_from_mask(attention_mask)[:, -input_ids.shape[1] :]  # (B, 1)
+        logits, cache = self._logits(input_ids, attention_mask, positions, cache=state, use_cache=True, last_only=True)
+        return logits[:, -1], cache
 
     def select(self, state: Any, rows: Tensor) -> Any:
         """Keep batch ``rows`` of the KV cache (in place)."""

@@ -51,15 +51,15 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from llamo.eval.language import (
+    HFLogitsFn,
     LanguageProbeResult,
     hf_logits_fn,
     load_paragraphs,
     load_probe,
-    positions_from_mask,
     run_language_probe,
 )
 
@@ -235,61 +235,37 @@ def training_wall_times(run: Path) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-class LLaMoTextLogitsFn:
+class LLaMoTextLogitsFn(HFLogitsFn):
     """`llamo.eval.language.LogitsFn` (with KV-cached decoding) of LLaMo's text path.
 
     Text-only input: the tokens go through `LLaMo.forward` without a motion mask (under MoT: the frozen base
     model's own layers) and `LLaMo.text_logits` (the base LM head, then the [BOM]/[EOM] columns, which the probe
-    never reads). Mirrors `llamo.eval.language.HFLogitsFn` call for call (positions from the padding mask, last-row
-    logits after a prefill) so that a frozen text branch reproduces the base model's numbers exactly.
+    never reads). Everything but the model call is `llamo.eval.language.HFLogitsFn`'s (positions from the padding
+    mask, last-row logits after a prefill, cache selection), so that a frozen text branch reproduces the base
+    model's numbers exactly.
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the model's parameters."""
-        return next(self.model.parameters()).device
-
-    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Logits ``(B, L, V + 2)`` of every position, no cache."""
+    def _logits(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        positions: Tensor,
+        cache: Any = None,
+        use_cache: bool = False,
+        last_only: bool = False,
+    ) -> tuple[Tensor, Any]:
+        """Logits ``(B, L or 1, V + 2)`` of LLaMo's text path and the cache."""
         d = self.device
-        out = self.model(
-            input_ids.to(d),
-            attention_mask=attention_mask.to(d),
-            position_ids=positions_from_mask(attention_mask).to(d),
-        )
-        return self.model.text_logits(out.hidden_states)
-
-    def start(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
-        """Prefill: last-position logits ``(B, V + 2)`` and the KV cache."""
-        d = self.device
-        out = self.model(
-            input_ids.to(d),
-            attention_mask=attention_mask.to(d),
-            position_ids=positions_from_mask(attention_mask).to(d),
-            use_cache=True,
-        )
-        return self.model.text_logits(out.hidden_states[:, -1]), out.cache
-
-    def step(self, input_ids: Tensor, attention_mask: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """One cached decode step for ``input_ids (B, 1)``."""
-        d = self.device
-        positions = positions_from_mask(attention_mask)[:, -input_ids.shape[1] :]  # (B, 1)
         out = self.model(
             input_ids.to(d),
             attention_mask=attention_mask.to(d),
             position_ids=positions.to(d),
-            cache=state,
-            use_cache=True,
+            cache=cache,
+            use_cache=use_cache,
         )
-        return self.model.text_logits(out.hidden_states[:, -1]), out.cache
-
-    def select(self, state: Any, rows: Tensor) -> Any:
-        """Keep batch ``rows`` of the KV cache (in place)."""
-        state.batch_select_indices(rows.to(self.device))
-        return state
+        if last_only:  # (B, H) rows through the head, as the base model's own last-row path computes them
+            return self.model.text_logits(out.hidden_states[:, -1])[:, None], out.cache
+        return self.model.text_logits(out.hidden_states), out.cache
 
 
 # ---------------------------------------------------------------------------------------------------------
