@@ -1,6 +1,6 @@
 """``StageHandoff``: start a stage from the previous stage's weights, and hand this stage's weights on.
 
-The callback is a thin wrapper over :mod:`llamo.checkpoint`. It loads in ``setup`` — after the stage module
+The callback is a thin wrapper over :mod:`stageio`. It loads in ``setup`` — after the stage module
 built ``self.core`` and before any strategy (DDP, FSDP, DeepSpeed) wraps it — and writes in ``on_fit_end``.
 A resumed run (``--ckpt_path``) restores its own weights; :class:`llamo.stages.cli.LlamoCLI` switches the
 handoff load off in that case (resume wins, see the README).
@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from llamo.checkpoint import load_stage_weights, save_stage_output
+from stageio import load_stage_weights, save_stage_output
 
 log = logging.getLogger(__name__)
 

@@ -51,12 +51,12 @@ from torch import Tensor
 from transformers.cache_utils import DynamicCache, StaticCache
 
 from llamo.bench_mot import LLAMA_1B_SHAPE, SMOLLM2_SHAPE
+from llamo.core.format import SequenceFormatter
 from llamo.core.generation import DecodePath, FastDecodeOptions, JointTracker, _compiled, stream_motion
 from llamo.core.heads import FlowHead
 from llamo.core.llm import LLMConfig, _is_prepared, load_tokenizer, smollm2_dir
 from llamo.core.model import LLaMo, LLaMoConfig
 from llamo.core.vae import CausalMotionVAE, VAEConfig
-from llamo.data.format import SequenceFormatter
 from llamo.motion.normalization import Normalizer
 
 MODEL_YAMLS = {"demo": Path("experiments/model/smollm2.yaml"), "1b": Path("experiments/model/1b.yaml")}

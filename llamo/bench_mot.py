@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from llamo.core.format import IGNORE_INDEX, FormattedSample, collate_samples
 from llamo.core.llm import LLMConfig, build_random_llm
 from llamo.core.model import LLaMo, LLaMoConfig
-from llamo.data.format import IGNORE_INDEX, FormattedSample, collate_samples
 
 SMOLLM2_SHAPE: dict[str, Any] = dict(
     vocab_size=49152,

@@ -24,11 +24,10 @@ Differences from Evaluator_272: contrastive loss only (no motion decoder, KL or 
 summary token instead of TEMOS's mu/logvar pair, MiniLM instead of DistilBERT, normalised embeddings.
 
 Checkpoints: :meth:`TextMotionEvaluator.save` writes ``handoff.safetensors`` (weights only, no pickles) +
-``config.json`` (``{"kind": "TextMotionEvaluator", "config": {...}, ...}``), the same stage-output format that
-``llamo fit`` of the evaluator stage writes (``llamo.checkpoint``; re-implemented here because ``metrics`` does
-not import ``llamo``), so :meth:`TextMotionEvaluator.load` reads both. The frozen MiniLM is an external asset and
-is never part of the weights or ``parameters()``. Users with other weights build the model from a config and call
-``load_state_dict`` (or :meth:`load_weights` for a safetensors file).
+``config.json`` (``{"kind": "TextMotionEvaluator", "config": {...}, ...}``) through ``stageio``, the stage-output
+format that ``llamo fit`` of the evaluator stage writes too, so :meth:`TextMotionEvaluator.load` reads both. The
+frozen MiniLM is an external asset and is never part of the weights or ``parameters()``. Users with other weights
+build the model from a config and call ``load_state_dict`` (or :meth:`load_weights` for a safetensors file).
 
 Motion input is 272-dim features **normalised** with the corpus Mean/Std, shape (B, T, 272), plus true lengths.
 
@@ -47,7 +46,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import math
 import os
 import re
@@ -62,6 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stageio import CONFIG_FILE, WEIGHTS_FILE, read_stage_config, save_stage_output
+
 __all__ = [
     "EvaluatorConfig",
     "EvaluatorOutput",
@@ -71,9 +71,7 @@ __all__ = [
     "packaged_minilm_path",
 ]
 
-#: file names and ``kind`` of the stage-output format (``llamo.checkpoint``)
-WEIGHTS_FILE = "handoff.safetensors"
-CONFIG_FILE = "config.json"
+#: ``kind`` of this model in the stage-output format (``stageio``)
 KIND = "TextMotionEvaluator"
 
 
@@ -477,15 +475,7 @@ class TextMotionEvaluator(nn.Module):
 
     def save(self, directory: str | Path) -> Path:
         """Write ``handoff.safetensors`` + ``config.json`` into ``directory`` (created); returns the directory."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().clone().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"kind": KIND, "stage": "evaluator"})
-        meta = {"kind": KIND, "stage": "evaluator", "config": asdict(self.config), "excluded_prefixes": []}
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return directory
+        return save_stage_output(directory, self, asdict(self.config), kind=KIND, stage="evaluator")
 
     @classmethod
     def load(
@@ -499,8 +489,8 @@ class TextMotionEvaluator(nn.Module):
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: {directory} is not a saved evaluator folder")
-        meta = json.loads(config_path.read_text(encoding="utf-8"))
-        if meta.get("kind") != KIND or not isinstance(meta.get("config"), dict):
+        meta = read_stage_config(directory)
+        if meta["kind"] != KIND:
             raise ValueError(
                 f"{config_path} describes a {meta.get('kind')!r}, not a {KIND}; pass the folder written by "
                 "TextMotionEvaluator.save or by `llamo fit --config experiments/evaluator.yaml`"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from llamo.checkpoint import config_mismatches, load_stage_output, load_stage_weights, save_stage_output
+from stageio import config_mismatches, load_stage_output, load_stage_weights, save_stage_output
 
 
 class Toy(nn.Module):

@@ -12,8 +12,8 @@ import pytest
 import torch
 from tiny_llamo import EXPERIMENTS, stage_args, stage_workspace
 
-from llamo.checkpoint import load_stage_output, load_stage_weights
 from llamo.stages.cli import cli_main
+from stageio import load_stage_output, load_stage_weights
 
 pytestmark = pytest.mark.distributed
 

@@ -119,8 +119,8 @@ def test_save_load_round_trip(encoder: str, tmp_path: Path, minilm: TextMotionEv
 
 
 def test_load_reads_llamo_stage_output(tmp_path: Path) -> None:
-    """`llamo fit` of the evaluator stage writes its core through llamo.checkpoint; metrics reads that folder."""
-    from llamo.checkpoint import load_stage_weights, save_stage_output
+    """`llamo fit` of the evaluator stage writes its core through stageio; metrics reads that folder."""
+    from stageio import load_stage_weights, save_stage_output
 
     model = _scratch().eval()
     save_stage_output(tmp_path / "stage", model, asdict(model.config), kind="TextMotionEvaluator", stage="evaluator")

@@ -15,12 +15,12 @@ import torch
 
 import llamo.stages.evaluator as evaluator_stage
 import metrics.generation as generation
-from llamo.checkpoint import load_stage_output
 from llamo.data.humanml272 import MotionCorpus
 from llamo.data.retrieval import RetrievalDataModule
 from llamo.motion.synthetic import synthesize
 from llamo.stages.cli import cli_main
 from metrics.evaluator import EvaluatorConfig, TextMotionEvaluator
+from stageio import load_stage_output
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = [
@@ -110,7 +110,7 @@ def test_fit_writes_an_evaluator_that_metrics_can_use(
     assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 8
     assert len(list(checkpoints.glob("best-r3-*.ckpt"))) == 1
 
-    # the handoff folder: weights + config (llamo.checkpoint format) + the corpus Mean/Std
+    # the handoff folder: weights + config (stageio format) + the corpus Mean/Std
     saved = load_stage_output(out_dir)
     assert saved.kind == "TextMotionEvaluator" and saved.stage == "evaluator"
     assert EvaluatorConfig.from_dict(saved.config).latent_dim == 16

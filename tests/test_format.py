@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_llamo import LATENT_DIM, tiny_tokenizer
 
-from llamo.data.format import (
+from llamo.core.format import (
     IGNORE_INDEX,
     PLAIN_CHAT_TEMPLATE,
     MotionSpan,

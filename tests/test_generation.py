@@ -10,8 +10,8 @@ import torch
 from tiny_llamo import LATENT_DIM, LLAMA_CONFIGS, tiny_llamo, tiny_llamo_config, tiny_tokenizer
 from transformers.cache_utils import DynamicCache
 
-from llamo.checkpoint import save_stage_output
 from llamo.cli import main as llamo_main
+from llamo.core.format import IGNORE_INDEX, MotionSpan, SequenceFormatter
 from llamo.core.generation import (
     STOP_EXIT,
     STOP_MAX_TOKENS,
@@ -33,9 +33,9 @@ from llamo.core.generation import (
 from llamo.core.llm import LLMConfig
 from llamo.core.model import LLaMo, LLaMoConfig
 from llamo.core.vae import CausalMotionVAE, VAEConfig
-from llamo.data.format import IGNORE_INDEX, MotionSpan, SequenceFormatter
 from llamo.motion.normalization import Normalizer
 from llamo.motion.representation import recover_joints
+from stageio import save_stage_output
 
 PROMPTS = ["a person walks forward then turns left", "a person jumps"]
 

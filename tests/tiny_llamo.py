@@ -15,9 +15,9 @@ import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from llamo.core.format import MotionSpan, MotionTextBatch, SequenceFormatter, collate_samples
 from llamo.core.llm import LLMConfig, build_random_llm
 from llamo.core.model import LLaMo, LLaMoConfig
-from llamo.data.format import MotionSpan, MotionTextBatch, SequenceFormatter, collate_samples
 
 VOCAB = 64
 LATENT_DIM = 8
@@ -140,9 +140,9 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 def stage_workspace(root: Path, clips: int = 24) -> dict[str, Path]:
     """A 24-clip synthetic corpus, a random tiny VAE stage output and a tiny-model YAML overlay under ``root``."""
-    from llamo.checkpoint import save_stage_output
     from llamo.core.vae import CausalMotionVAE, VAEConfig
     from llamo.motion.synthetic import synthesize
+    from stageio import save_stage_output
 
     data = root / "data"
     synthesize(data, clips=clips, seed=3, progress=False)

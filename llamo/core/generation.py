@@ -59,12 +59,11 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache, StaticCache
 
-from llamo.checkpoint import load_stage_output, load_stage_weights
+from llamo.core.format import IGNORE_INDEX, MotionSpan, SequenceFormatter
 from llamo.core.heads import FlowHead
 from llamo.core.model import LLaMo, LLaMoConfig
 from llamo.core.mot import PackedMotionWeights
 from llamo.core.vae import CausalMotionVAE, DecodeStream
-from llamo.data.format import IGNORE_INDEX, MotionSpan, SequenceFormatter
 from llamo.data.humanml272 import crop_to_multiple
 from llamo.data.latents import load_vae
 from llamo.eval.language import END_OF_TURN_TOKENS
@@ -72,6 +71,7 @@ from llamo.motion.normalization import Normalizer
 from llamo.motion.representation import FEATURE_DIM, SLICES, prefix_matmul
 from llamo.motion.rotation import rot6d_to_matrix
 from llamo.motion.skeleton import NUM_JOINTS
+from stageio import load_stage_output, load_stage_weights
 
 __all__ = [
     "DECODE_CHOICES",

@@ -9,7 +9,7 @@ Paper §3.3 and §7.2. The assembled module:
 - ``flow_head`` (rectified flow, k timesteps per token) and ``exit_head`` ("the motion ends here").
 
 Training objective (eq. 7): ``L = L_FM + lambda_ntp * L_NTP + lambda_end * L_End``, each term averaged over its own
-positions (`llamo.data.format` builds the masks). Input latents of generated spans get teacher-forcing noise.
+positions (`llamo.core.format` builds the masks). Input latents of generated spans get teacher-forcing noise.
 
 ``mot=False`` is the paper's "w/o MoT" ablation (Table 5): no twins, every token runs through the base model's
 own layers, all of which train; adapter, heads, tokens and losses are unchanged.
@@ -29,10 +29,10 @@ from torch import Tensor, nn
 from transformers import LlamaForCausalLM
 from transformers.cache_utils import Cache
 
+from llamo.core.format import IGNORE_INDEX, MotionTextBatch, SequenceFormatter, check_motion_layout
 from llamo.core.heads import ExitHead, ExitHeadConfig, FlowHead, FlowHeadConfig, MotionAdapter, MotionProjector
 from llamo.core.llm import AddedTokenRows, LLMConfig, build_llm, load_tokenizer
 from llamo.core.mot import MoTLlama, MoTOutput, Routing
-from llamo.data.format import IGNORE_INDEX, MotionTextBatch, SequenceFormatter, check_motion_layout
 
 __all__ = ["LLaMo", "LLaMoConfig", "LossConfig", "ParameterCounts"]
 

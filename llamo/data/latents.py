@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from llamo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_stage_output, load_stage_weights
+from stageio import CONFIG_FILE, WEIGHTS_FILE, load_stage_output, load_stage_weights
 from llamo.core.vae import CausalMotionVAE, VAEConfig
 from llamo.data.humanml272 import MotionCorpus
 from llamo.motion.filters import check_expressive

@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from llamo.data.format import FormattedSample, MotionTextBatch, SequenceFormatter, collate_samples
+from llamo.core.format import FormattedSample, MotionTextBatch, SequenceFormatter, collate_samples
 from llamo.data.latents import LatentSet, build_latents
 
 

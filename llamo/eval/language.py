@@ -330,7 +330,7 @@ def _encode_prompt(tokenizer: Any, prompt: str, use_chat_template: bool, system_
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 "use_chat_template=True but the tokenizer has no chat template; pass use_chat_template=False or set "
-                "tokenizer.chat_template (e.g. llamo.data.format.PLAIN_CHAT_TEMPLATE)"
+                "tokenizer.chat_template (e.g. llamo.core.format.PLAIN_CHAT_TEMPLATE)"
             )
         # the rendered template already holds its special tokens (BOS, role markers)
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []

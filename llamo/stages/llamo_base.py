@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from llamo.core.format import MotionTextBatch, SequenceFormatter
 from llamo.core.model import LLaMo, LLaMoConfig
-from llamo.data.format import MotionTextBatch, SequenceFormatter
 from llamo.stages.base import StageModule
 from llamo.stages.schedules import ScheduleName, lr_factor
 

@@ -195,7 +195,7 @@ class SequenceFormatter:
         if chat_template is None and not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 f"tokenizer {type(tokenizer).__name__} has no chat template; pass chat_template= (e.g. "
-                "llamo.data.format.PLAIN_CHAT_TEMPLATE) or use an instruct model's tokenizer"
+                "llamo.core.format.PLAIN_CHAT_TEMPLATE) or use an instruct model's tokenizer"
             )
         if pad_id is None:
             pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -1,5 +1,8 @@
 """Portable weights at stage boundaries: ``handoff.safetensors`` + ``config.json``, loaded strictly.
 
+A tiny package of its own (torch + safetensors only) so that both ``llamo`` and the standalone ``metrics``
+package read and write the one format without importing each other.
+
 A stage output folder holds exactly two files:
 
 - ``handoff.safetensors``: tensors only (never a pickle, so loading a folder from elsewhere cannot run code);
@@ -67,32 +70,48 @@ def save_stage_output(
     return out
 
 
+def read_stage_config(path: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a stage folder (or of the folder of its ``handoff.safetensors``), without the weights.
+
+    Returns ``{"kind", "stage", "config", "excluded_prefixes"}`` (missing entries filled with empty values).
+    """
+    p = Path(path)
+    folder = p.parent if p.suffix == ".safetensors" else p
+    cfg = folder / CONFIG_FILE
+    if not cfg.is_file():
+        raise FileNotFoundError(
+            f"stage output {folder} has no {CONFIG_FILE}; pass the folder a finished stage wrote "
+            f"(it holds {WEIGHTS_FILE} and {CONFIG_FILE})"
+        )
+    try:
+        meta = json.loads(cfg.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg} is not valid JSON ({err}); re-run the stage that wrote it") from err
+    return {
+        "kind": str(meta.get("kind", "")),
+        "stage": str(meta.get("stage", "")),
+        "config": dict(meta.get("config", {})),
+        "excluded_prefixes": list(meta.get("excluded_prefixes", [])),
+    }
+
+
 def load_stage_output(path: str | Path) -> StageOutput:
     """Read a stage folder (or its ``handoff.safetensors``) written by :func:`save_stage_output`."""
     p = Path(path)
     folder = p.parent if p.suffix == ".safetensors" else p
-    weights, cfg = folder / WEIGHTS_FILE, folder / CONFIG_FILE
-    for f in (weights, cfg):
+    weights = folder / WEIGHTS_FILE
+    for f in (weights, folder / CONFIG_FILE):
         if not f.is_file():
             raise FileNotFoundError(
                 f"stage output {folder} has no {f.name}; pass the folder a finished stage wrote "
                 f"(it holds {WEIGHTS_FILE} and {CONFIG_FILE})"
             )
-    try:
-        meta = json.loads(cfg.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{cfg} is not valid JSON ({err}); re-run the stage that wrote it") from err
+    meta = read_stage_config(folder)
     try:
         state = load_file(str(weights))
     except Exception as err:  # safetensors raises its own error types for truncated/corrupt files
         raise ValueError(f"{weights} cannot be read as safetensors ({err}); re-run the stage that wrote it") from err
-    return StageOutput(
-        state_dict=state,
-        kind=str(meta.get("kind", "")),
-        config=dict(meta.get("config", {})),
-        stage=str(meta.get("stage", "")),
-        excluded_prefixes=list(meta.get("excluded_prefixes", [])),
-    )
+    return StageOutput(state_dict=state, **meta)
 
 
 def config_mismatches(saved: Mapping[str, Any], current: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
