@@ -126,7 +126,7 @@ demo-assets: install ## The demo's inputs: synthesise DEMO_DATA if absent, conve
 	@$(LLAMO) prepare-llm
 
 bench: install ## Benchmarks (not tests): print timing tables and ratios
-	$(PY) -m llamo.bench
+	$(PY) -m benchmarks
 
 stage-%: install ## Run one stage: make stage-{vae,evaluator,1,2,3} EXP=name MODEL=size (writes runs/EXP/<stage>/)
 	@test -n "$(dir_$*)" || { echo "unknown stage '$*': use one of $(STAGES)"; exit 2; }
@@ -168,7 +168,7 @@ ablate-model-%: install ## Model-size ablation: the demo pipeline on experiments
 		$(DEMO_EVAL_ARGS)
 
 ablations: $(addprefix ablate-,$(ABLATION_NAMES)) ## Every ablation, then runs/ablations/report.md (next to runs/demo: run `make demo` too)
-	$(PY) -m llamo.eval.report --ablations $(RUNS) --reference $(DEMO_EXP)
+	$(LLAMO) eval ablations $(RUNS) --reference $(DEMO_EXP)
 
 clean: ## Remove caches (keeps .venv, data/ and runs/)
 	rm -rf .pytest_cache .ruff_cache

@@ -53,7 +53,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import shutil
@@ -226,7 +225,8 @@ def _check_num_refs(num_refs: int) -> None:
         raise ValueError(f"num_refs (--num-refs) must be >= 1, got {num_refs}; the TM2T protocol uses {NUM_REFS}")
 
 
-def _preview(ids: Sequence[str], limit: int = 10) -> str:
+def preview_ids(ids: Sequence[str], limit: int = 10) -> str:
+    """The first ``limit`` ids, quoted, and how many there are in all (for error messages)."""
     shown = ", ".join(repr(i) for i in list(ids)[:limit])
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
@@ -251,11 +251,11 @@ def validate_captions(
         raise ValueError(f"got {len(item_ids)} ids for {len(preds)} predictions; pass one id per prediction")
     if len(set(item_ids)) != len(item_ids):
         dup = sorted(i for i, n in Counter(item_ids).items() if n > 1)
-        raise ValueError(f"duplicate caption ids: {_preview(dup)}; ids must be unique")
+        raise ValueError(f"duplicate caption ids: {preview_ids(dup)}; ids must be unique")
     bad_pred = [i for i, p in zip(item_ids, preds) if not isinstance(p, str)]
     if bad_pred:
         raise ValueError(
-            f"predictions must be strings (use '' for no caption); not a string for ids {_preview(bad_pred)}"
+            f"predictions must be strings (use '' for no caption); not a string for ids {preview_ids(bad_pred)}"
         )
     bad_refs = [
         i
@@ -265,11 +265,11 @@ def validate_captions(
     if bad_refs:
         raise ValueError(
             f"each motion needs a list of reference strings with at least one non-blank caption; "
-            f"bad for ids {_preview(bad_refs)}"
+            f"bad for ids {preview_ids(bad_refs)}"
         )
     blank_refs = [i for i, r in zip(item_ids, refs) if any(is_empty_caption(x) for x in r)]
     if blank_refs:
-        raise ValueError(f"blank reference captions for ids {_preview(blank_refs)}; remove them from the lists")
+        raise ValueError(f"blank reference captions for ids {preview_ids(blank_refs)}; remove them from the lists")
     return item_ids
 
 
@@ -293,9 +293,9 @@ def align_by_id(
     if missing_pred or missing_refs:
         parts = [f"{len(pred)} {pred_name} vs {len(refs)} {refs_name}"]
         if missing_pred:
-            parts.append(f"ids without a prediction in {pred_name}: {_preview(missing_pred)}")
+            parts.append(f"ids without a prediction in {pred_name}: {preview_ids(missing_pred)}")
         if missing_refs:
-            parts.append(f"ids without references in {refs_name}: {_preview(missing_refs)}")
+            parts.append(f"ids without references in {refs_name}: {preview_ids(missing_refs)}")
         raise ValueError("; ".join(parts) + "; both files must hold the same ids")
     ids = [str(k) for k in refs]
     return ids, [pred[k] for k in refs], [list(refs[k]) for k in refs]
@@ -815,114 +815,11 @@ def load_caption_files(pred_path: str | Path, refs_path: str | Path) -> tuple[li
     pred, refs = loaded
     bad_pred = [k for k, v in pred.items() if not isinstance(v, str)]
     if bad_pred:
-        raise ValueError(f"{pred_path}: captions must be strings ('' for none); not for ids {_preview(bad_pred)}")
+        raise ValueError(f"{pred_path}: captions must be strings ('' for none); not for ids {preview_ids(bad_pred)}")
     bad_refs = [k for k, v in refs.items() if not isinstance(v, list)]
     if bad_refs:
-        raise ValueError(f"{refs_path}: references must be lists of strings; not for ids {_preview(bad_refs)}")
+        raise ValueError(f"{refs_path}: references must be lists of strings; not for ids {preview_ids(bad_refs)}")
     return align_by_id(pred, refs, pred_name=str(pred_path), refs_name=str(refs_path))
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m metrics captions``."""
-    parser.add_argument("--pred", required=True, type=Path, help="JSON {id: predicted caption}")
-    parser.add_argument("--refs", required=True, type=Path, help="JSON {id: [reference caption, ...]}")
-    parser.add_argument("--out", type=Path, default=None, help="result JSON (default: <pred>.metrics.json)")
-    parser.add_argument("--num-refs", type=int, default=NUM_REFS, help="references per motion (TM2T rule)")
-    parser.add_argument(
-        "--bertscore-model",
-        default=None,
-        help="local HF encoder folder; switches to the TM2T protocol (layer 17, IDF, roberta-large baseline), "
-        "meant for roberta-large weights (default: packaged all-MiniLM-L6-v2, layer 6, no IDF, no rescale)",
-    )
-    parser.add_argument("--bertscore-layer", type=int, default=None, help="layer whose embeddings are compared")
-    parser.add_argument(
-        "--bertscore-idf", action=argparse.BooleanOptionalAction, default=None, help="IDF weighting over references"
-    )
-    parser.add_argument("--bertscore-baseline", default=None, help="rescale baseline TSV, or 'none' for no rescaling")
-    parser.add_argument("--bertscore-batch-size", type=int, default=64)
-    parser.add_argument("--no-bertscore", action="store_true", help="skip BERTScore")
-    parser.add_argument("--device", default="cpu", help="torch device of the BERTScore encoder and the evaluator")
-    parser.add_argument("--per-item", action="store_true", help="also write per-caption scores to the JSON")
-    retrieval = parser.add_argument_group("caption R-precision / MM-Dist (optional, needs both)")
-    retrieval.add_argument("--evaluator", type=Path, default=None, help="evaluator folder (config.json + safetensors)")
-    retrieval.add_argument(
-        "--motions", type=Path, default=None, help="folder of ground-truth <id>.npy clips (T, 272), UN-normalised"
-    )
-    retrieval.add_argument(
-        "--mean-std", type=Path, default=None, help="folder with Mean.npy/Std.npy (default: the evaluator folder)"
-    )
-    retrieval.add_argument("--group-size", type=int, default=generation.GROUP_SIZE, help="R-precision group size")
-    retrieval.add_argument("--seed", type=int, default=0, help="seed of the R-precision group shuffle")
-    retrieval.add_argument("--batch-size", type=int, default=64, help="evaluator batch size")
-
-
-def bertscore_config_from_args(args: argparse.Namespace) -> BERTScoreConfig | None:
-    """Turn the ``--bertscore-*`` flags into a :class:`BERTScoreConfig` (None with ``--no-bertscore``)."""
-    if args.no_bertscore:
-        return None
-    base = BERTScoreConfig() if args.bertscore_model is None else BERTScoreConfig.tm2t(args.bertscore_model)
-    overrides: dict[str, Any] = {"batch_size": args.bertscore_batch_size, "device": args.device}
-    if args.bertscore_layer is not None:
-        overrides["num_layers"] = args.bertscore_layer
-    if args.bertscore_idf is not None:
-        overrides["idf"] = args.bertscore_idf
-    if args.bertscore_baseline is not None:
-        overrides["baseline_path"] = None if args.bertscore_baseline.lower() == "none" else args.bertscore_baseline
-    return BERTScoreConfig(**{**asdict(base), **overrides})
-
-
-def _evaluator_inputs(args: argparse.Namespace, ids: Sequence[str]) -> tuple[TextEncoder, torch.Tensor]:
-    """The evaluator's ``encode_text`` and the (N, E) embeddings of the ``--motions`` clips of ``ids``."""
-    from metrics.evaluator import TextMotionEvaluator
-
-    if args.motions is None:
-        raise ValueError("--evaluator needs --motions DIR (the ground-truth <id>.npy clips of the captioned motions)")
-    evaluator = TextMotionEvaluator.load(args.evaluator, map_location=args.device).eval()
-    mean, std = generation.load_mean_std(args.mean_std if args.mean_std is not None else args.evaluator)
-    clips = generation.read_clip_dir(args.motions, evaluator.config.feature_dim)
-    by_id = dict(zip(clips.ids, clips.clips))
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise ValueError(f"--motions {args.motions} has no <id>.npy clip for caption ids {_preview(missing)}")
-    motion = generation.embed_clips(
-        evaluator, [by_id[i] for i in ids], mean, std, args.batch_size, args.device, "embed motion"
-    )
-    return evaluator.encode_text, motion
-
-
-def cli_run(args: argparse.Namespace) -> int:
-    """Score ``--pred`` against ``--refs``, print the table and write the JSON; returns 0."""
-    ids, preds, refs = load_caption_files(args.pred, args.refs)
-    bertscore_config = bertscore_config_from_args(args)
-    if bertscore_config is not None:
-        build_bert_scorer(bertscore_config)  # fail on a bad model folder before the evaluator work
-    encode_text, motion = None, None
-    if args.evaluator is not None:
-        encode_text, motion = _evaluator_inputs(args, ids)
-    elif args.motions is not None:
-        raise ValueError("--motions is only used with --evaluator DIR (caption R-precision / MM-Dist)")
-    report = caption_metrics(
-        preds,
-        refs,
-        ids,
-        num_refs=args.num_refs,
-        bertscore_config=bertscore_config,
-        encode_text=encode_text,
-        motion_embeddings=motion,
-        retrieval_group_size=args.group_size,
-        seed=args.seed,
-        progress=True,
-    )
-    out = args.out if args.out is not None else args.pred.with_name(args.pred.stem + ".metrics.json")
-    result = report.to_dict(per_item=args.per_item)
-    result["inputs"] = {"pred": str(args.pred), "refs": str(args.refs)}
-    if args.evaluator is not None:
-        result["inputs"].update(evaluator=str(args.evaluator), motions=str(args.motions))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    print(report.format_table())
-    print(f"wrote {out}")
-    return 0
 
 
 __all__ = [

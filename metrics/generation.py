@@ -54,12 +54,9 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +91,6 @@ __all__ = [
     "embed_clips",
     "embed_texts",
     "format_table",
-    "add_cli_arguments",
-    "cli_run",
 ]
 
 #: R-precision group size of the T2M protocol (Guo et al.; MotionStreamer)
@@ -877,95 +872,3 @@ def format_table(summary: Mapping[str, ProtocolResult], repeats: int) -> str:
         lines.append(f"{name:<{width}}{cells[0]:>22}{cells[1]:>22}")
     lines.append(f"(mean ± 1.96·std/sqrt(N) over N={repeats} repetitions)")
     return "\n".join(lines)
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m metrics t2m`` (folder format in the module docstring)."""
-    parser.add_argument("--real", type=Path, required=True, help="folder of ground-truth <id>.npy clips (T, 272)")
-    parser.add_argument(
-        "--gen", type=Path, required=True, help="folder of generated <id>.npy clips + texts/<id>.txt captions"
-    )
-    parser.add_argument("--evaluator", type=Path, required=True, help="evaluator folder (config.json + safetensors)")
-    parser.add_argument(
-        "--mean-std", type=Path, default=None, help="folder with Mean.npy/Std.npy (default: the evaluator folder)"
-    )
-    parser.add_argument("--repeats", type=int, default=20, help="protocol repetitions N (default 20)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first repetition")
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    parser.add_argument("--group-size", type=int, default=GROUP_SIZE, help="R-precision group size (default 32)")
-    parser.add_argument("--diversity-pairs", type=int, default=DIVERSITY_PAIRS, help="Diversity pairs (default 300)")
-    parser.add_argument("--mm-pairs", type=int, default=MM_PAIRS, help="MultiModality pairs per text (default 10)")
-    parser.add_argument("--batch-size", type=int, default=64, help="evaluator batch size")
-    parser.add_argument("--device", default="cpu", help="torch device for the evaluator (cpu, cuda, ...)")
-
-
-def cli_run(args: argparse.Namespace) -> int:
-    """Embed REAL/GEN with the evaluator, run the repeated protocol, print a table, write JSON."""
-    from metrics.evaluator import TextMotionEvaluator
-
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    evaluator = TextMotionEvaluator.load(args.evaluator, map_location=args.device).eval()
-    feature_dim = evaluator.config.feature_dim
-    mean, std = load_mean_std(args.mean_std if args.mean_std is not None else args.evaluator)
-    gen = read_clip_dir(args.gen, feature_dim, with_texts=True)
-    real = read_clip_dir(args.real, feature_dim)
-    if gen.ids != real.ids:
-        only_gen, only_real = sorted(set(gen.ids) - set(real.ids)), sorted(set(real.ids) - set(gen.ids))
-        raise ValueError(
-            f"--real ({len(real.ids)} clips) and --gen ({len(gen.ids)} clips) must hold the same ids; "
-            f"only in --gen: {only_gen[:10]}, only in --real: {only_real[:10]}"
-        )
-    assert gen.texts is not None
-    # fail before the (slow) embedding when the set is too small for the protocol's sizes
-    if len(gen.ids) < args.group_size:
-        raise ValueError(f"{len(gen.ids)} clips are fewer than --group-size {args.group_size}; pass a smaller value")
-    if len(gen.ids) < args.diversity_pairs:
-        raise ValueError(
-            f"{len(gen.ids)} clips are fewer than --diversity-pairs {args.diversity_pairs} (pairs are drawn without "
-            "replacement); pass a smaller value"
-        )
-    text_emb = embed_texts(evaluator, gen.texts, args.batch_size)
-    real_emb = embed_clips(evaluator, real.clips, mean, std, args.batch_size, args.device, "embed real")
-    gen_emb = embed_clips(evaluator, gen.clips, mean, std, args.batch_size, args.device, "embed generated")
-    mm_emb = None
-    mm_dir = args.gen / "multimodality"
-    if mm_dir.is_dir():
-        groups = read_mm_dir(mm_dir, gen.ids, feature_dim)
-        flat = [clip for clips in groups.values() for clip in clips]
-        per_text = len(next(iter(groups.values())))
-        mm_emb = embed_clips(evaluator, flat, mean, std, args.batch_size, args.device, "embed multimodality")
-        mm_emb = mm_emb.reshape(len(groups), per_text, -1)  # (K, R, E)
-
-    def one_run(generator: torch.Generator) -> dict[str, float]:
-        return t2m_metrics(
-            text_emb,
-            real_emb,
-            gen_emb,
-            generator,
-            mm_emb,
-            group_size=args.group_size,
-            diversity_pairs=args.diversity_pairs,
-            mm_pairs=args.mm_pairs,
-        )
-
-    summary = repeat_protocol(one_run, repeats=args.repeats, seed=args.seed, progress=True)
-    print(format_table(summary, args.repeats))
-    if args.out is not None:
-        report = {
-            "metrics": {name: asdict(r) for name, r in summary.items()},
-            "num_pairs": len(gen.ids),
-            "num_multimodality_texts": 0 if mm_emb is None else int(mm_emb.shape[0]),
-            "repeats": args.repeats,
-            "seed": args.seed,
-            "group_size": args.group_size,
-            "diversity_pairs": args.diversity_pairs,
-            "mm_pairs": args.mm_pairs,
-            "evaluator": str(args.evaluator),
-            "real": str(args.real),
-            "gen": str(args.gen),
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.out}", file=sys.stderr)
-    return 0

@@ -4,21 +4,23 @@ and `llamo eval evaluator`."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import llamo.stages.evaluator as evaluator_stage
-import metrics.generation as generation
+from llamo.commands.evaluation import evaluator as eval_evaluator
 from llamo.data.humanml272 import MotionCorpus
 from llamo.data.retrieval import RetrievalDataModule
+from llamo.eval.retrieval import evaluate_retrieval
 from llamo.motion.synthetic import synthesize
 from llamo.stages.cli import cli_main
+from metrics.command import call_command
+from metrics.commands import t2m
 from metrics.evaluator import EvaluatorConfig, TextMotionEvaluator
 from stageio import load_stage_output
 
@@ -43,10 +45,8 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _cli(parser_module: object, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    parser_module.add_cli_arguments(parser)  # type: ignore[attr-defined]
-    return parser_module.cli_run(parser.parse_args(argv))  # type: ignore[attr-defined]
+def _cli(command: Callable[..., int], argv: list[str]) -> int:
+    return call_command(command, argv)
 
 
 def test_retrieval_pairs(corpus_dir: Path) -> None:
@@ -134,7 +134,7 @@ def test_fit_writes_an_evaluator_that_metrics_can_use(
         (gen / "texts" / f"{record.id}.txt").write_text(record.captions[0] + "\n")
     report = tmp_path / "t2m.json"
     argv = ["--real", str(real), "--gen", str(gen), "--evaluator", str(out_dir), "--repeats", "2"]
-    assert _cli(generation, [*argv, "--group-size", "4", "--diversity-pairs", "4", "--out", str(report)]) == 0
+    assert _cli(t2m, [*argv, "--group-size", "4", "--diversity-pairs", "4", "--out", str(report)]) == 0
     values = json.loads(report.read_text())["metrics"]
     assert values["gen/FID"]["mean"] == pytest.approx(0.0, abs=1e-6)
     assert values["gen/R@3"]["values"] == values["real/R@3"]["values"]
@@ -145,7 +145,7 @@ def test_fit_writes_an_evaluator_that_metrics_can_use(
     capsys.readouterr()
     result = tmp_path / "retrieval.json"
     eval_argv = ["--ckpt", str(out_dir), "--data", str(corpus_dir), "--repeats", "2", "--group-size", "4"]
-    assert _cli(evaluator_stage, [*eval_argv, "--out", str(result)]) == 0
+    assert _cli(eval_evaluator, [*eval_argv, "--out", str(result)]) == 0
     printed = capsys.readouterr().out
     assert "split 'test': 4 clips" in printed and "(chance 0.7500)" in printed
     retrieval = json.loads(result.read_text())
@@ -168,11 +168,11 @@ def test_eval_evaluator_needs_a_full_group(corpus_dir: Path, tmp_path: Path) -> 
     corpus = MotionCorpus(corpus_dir, split="test")
     corpus.normalizer.save(tmp_path / "ev")
     with pytest.raises(ValueError, match="the split has 4 clips, R-precision needs at least group_size=32"):
-        _cli(evaluator_stage, ["--ckpt", str(tmp_path / "ev"), "--data", str(corpus_dir), "--repeats", "1"])
-    summary = evaluator_stage.evaluate_retrieval(model, corpus, repeats=3, seed=0, group_size=4)
+        _cli(eval_evaluator, ["--ckpt", str(tmp_path / "ev"), "--data", str(corpus_dir), "--repeats", "1"])
+    summary = evaluate_retrieval(model, corpus, repeats=3, seed=0, group_size=4)
     assert list(summary) == ["R@1", "R@2", "R@3", "MM-Dist"]
     assert len(summary["R@1"].values) == 3 and 0.0 <= summary["R@1"].mean <= summary["R@3"].mean <= 1.0
     # new captions and crops every repetition; the same seed repeats the same numbers
-    again = evaluator_stage.evaluate_retrieval(model, corpus, repeats=3, seed=0, group_size=4)
+    again = evaluate_retrieval(model, corpus, repeats=3, seed=0, group_size=4)
     assert again["MM-Dist"].values == summary["MM-Dist"].values
     assert len(set(summary["MM-Dist"].values)) > 1

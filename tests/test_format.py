@@ -149,9 +149,9 @@ def test_check_motion_layout_catches_unclosed_and_stray_markers() -> None:
 
 @pytest.mark.smollm2
 def test_smollm2_chat_template() -> None:
-    from llamo.core.llm import _is_prepared, load_tokenizer, smollm2_dir
+    from llamo.core.llm import is_prepared, load_tokenizer, smollm2_dir
 
-    if not _is_prepared(smollm2_dir()):
+    if not is_prepared(smollm2_dir()):
         pytest.skip(f"SmolLM2 not prepared at {smollm2_dir()} (run `llamo prepare-llm`)")
     tok = load_tokenizer("smollm2")
     f = SequenceFormatter(tok, 49152, 49153, LATENT_DIM)

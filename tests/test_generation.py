@@ -12,29 +12,17 @@ from transformers.cache_utils import DynamicCache
 
 from llamo.cli import main as llamo_main
 from llamo.core.format import IGNORE_INDEX, MotionSpan, SequenceFormatter
-from llamo.core.generation import (
-    STOP_EXIT,
-    STOP_MAX_TOKENS,
-    FastDecodeOptions,
-    JointTracker,
-    MotionChunk,
-    _decode_text,
-    _stop_ids,
-    caption,
-    chat,
-    chat_prompt_ids,
-    generate_motion,
-    load_run,
-    m2t_prompt,
-    resolve_decode,
-    stream_motion,
-    t2m_prompt_ids,
-)
 from llamo.core.llm import LLMConfig
 from llamo.core.model import LLaMo, LLaMoConfig
 from llamo.core.vae import CausalMotionVAE, VAEConfig
+from llamo.inference.fast import FastDecodeOptions, resolve_decode
+from llamo.inference.prompts import chat_prompt_ids, m2t_prompt, t2m_prompt_ids
+from llamo.inference.prompts import stop_token_ids as _stop_ids
+from llamo.inference.run import load_run
+from llamo.inference.t2m import STOP_EXIT, STOP_MAX_TOKENS, MotionChunk, generate_motion, stream_motion
+from llamo.inference.text import LLaMoTextLogitsFn, caption, chat, decode_tokens
 from llamo.motion.normalization import Normalizer
-from llamo.motion.representation import recover_joints
+from llamo.motion.representation import JointTracker, recover_joints
 from stageio import save_stage_output
 
 PROMPTS = ["a person walks forward then turns left", "a person jumps"]
@@ -276,7 +264,14 @@ def test_chat_is_the_base_models_greedy_answer(parts) -> None:
                 break
             reference.append(token)
             seq = torch.cat([seq, torch.tensor([[token]])], dim=1)
-    ours = _decode_text(model, torch.tensor([ids]), None, None, stops, 12, True, 1.0, None)
+    (ours,) = decode_tokens(
+        LLaMoTextLogitsFn(model),
+        torch.tensor([ids]),
+        None,
+        vocab_size=model.base_vocab_size,
+        stop_ids=stops,
+        max_new_tokens=12,
+    )
     assert ours == reference and len(reference) > 0
     reply = chat(model, messages, formatter=formatter, max_new_tokens=12)
     assert reply == formatter.tokenizer.decode(reference, skip_special_tokens=True).strip()
@@ -598,9 +593,9 @@ def test_load_run_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_smollm2_chat_equals_hf_greedy_generate() -> None:
     """With the real SmolLM2-135M-Instruct and its chat template: `chat` == the base model's `generate` (greedy,
     stopping at its eos), token for token."""
-    from llamo.core.llm import _is_prepared, build_llm, smollm2_dir
+    from llamo.core.llm import build_llm, is_prepared, smollm2_dir
 
-    if not _is_prepared(smollm2_dir()):
+    if not is_prepared(smollm2_dir()):
         pytest.skip(f"SmolLM2 not prepared at {smollm2_dir()} (run `llamo prepare-llm`)")
     config = LLaMoConfig.from_yaml(Path(__file__).resolve().parents[1] / "experiments/model/smollm2.yaml")
     config.flow_head.update(width=32, depth=1)
@@ -616,7 +611,10 @@ def test_smollm2_chat_equals_hf_greedy_generate() -> None:
     stops = _stop_ids(formatter.tokenizer)
     if reference and reference[-1] in stops:
         reference = reference[:-1]
-    assert _decode_text(model, ids, None, None, stops, 16, True, 1.0, None) == reference
+    (ours,) = decode_tokens(
+        LLaMoTextLogitsFn(model), ids, None, vocab_size=model.base_vocab_size, stop_ids=stops, max_new_tokens=16
+    )
+    assert ours == reference
     assert (
         chat(model, messages, formatter=formatter, max_new_tokens=16)
         == formatter.tokenizer.decode(reference, skip_special_tokens=True).strip()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import doctest
 import json
 import math
@@ -16,6 +15,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import metrics.generation as generation
+from metrics.command import call_command
+from metrics.commands import t2m
 from metrics.evaluator import EvaluatorConfig, TextMotionEvaluator
 from metrics.generation import (
     FID,
@@ -400,9 +401,7 @@ def cli_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    generation.add_cli_arguments(parser)
-    return generation.cli_run(parser.parse_args(argv))
+    return call_command(t2m, argv)
 
 
 def test_cli_t2m_writes_table_and_json(cli_setup: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -455,9 +454,9 @@ def test_cli_t2m_bad_folders(cli_setup: dict[str, Path], tmp_path: Path) -> None
         "--evaluator",
         str(cli_setup["evaluator"]),
     ]
-    with pytest.raises(ValueError, match="40 clips are fewer than --diversity-pairs 300"):
+    with pytest.raises(ValueError, match="40 clips are fewer than --diversity_pairs 300"):
         _run_cli(argv)
-    with pytest.raises(ValueError, match="40 clips are fewer than --group-size 64"):
+    with pytest.raises(ValueError, match="40 clips are fewer than --group_size 64"):
         _run_cli([*argv, "--group-size", "64"])
     with pytest.raises(FileNotFoundError, match="holds no Mean.npy/Std.npy"):
         _run_cli([*base, "--real", str(cli_setup["real"]), "--gen", str(cli_setup["gen"]), "--mean-std", str(tmp_path)])

@@ -499,7 +499,7 @@ def test_exit_head_initial_probability_and_bad_input() -> None:
 
 
 def test_flow_step_read_bytes_counts_the_state_path_every_step_and_the_rest_once() -> None:
-    from llamo.bench_generation import flow_step_read_bytes
+    from benchmarks.generation import flow_step_read_bytes
 
     head = FlowHead(FlowHeadConfig(latent_dim=8, cond_dim=12, width=16, depth=2))
     total = sum(p.numel() * p.element_size() for p in head.parameters())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -17,15 +16,13 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from torch import Tensor
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from llamo.commands.evaluation import language as eval_language
 from llamo.core.llm import PREPARED_MARKER, build_random_llm, load_llm, load_tokenizer, smollm2_dir
 from llamo.eval import language
 from llamo.eval.language import (
-    HFLogitsFn,
     LanguageProbeResult,
     first_line,
-    format_language_table,
     greedy_generate,
-    hf_logits_fn,
     load_paragraphs,
     load_probe,
     normalize_text,
@@ -33,6 +30,11 @@ from llamo.eval.language import (
     run_language_probe,
     score_reply,
 )
+from llamo.eval.markdown import format_language_table
+from llamo.inference import text as inference_text
+from llamo.inference.prompts import stop_token_ids
+from llamo.inference.text import HFLogitsFn, hf_logits_fn
+from metrics.command import call_command
 
 SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
 TINY_TEMPLATE = (
@@ -89,7 +91,7 @@ def model(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     return build_random_llm(config, seed=0).eval()
 
 
-def _plain(model: LlamaForCausalLM) -> language.LogitsFn:
+def _plain(model: LlamaForCausalLM) -> inference_text.LogitsFn:
     """A bare callable (no incremental methods): greedy_generate must re-run the whole sequence each step."""
     fn = hf_logits_fn(model)
     return lambda ids, mask: fn(ids, mask)
@@ -273,7 +275,7 @@ def test_stops_first_line_and_finished_rows_leave_batch(tokenizer: Any) -> None:
         "Name the month that comes after March.": ["two", "three", "four", "five", "three", "four", "two"],
     }
     prompts = list(scripts)
-    assert language.stop_token_ids(tokenizer) == {tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    assert stop_token_ids(tokenizer) == {tokenizer.convert_tokens_to_ids("<|im_end|>")}
     for incremental in (True, False):
         lm = ScriptedLM(tokenizer, scripts)
         fn = lm if incremental else (lambda ids, mask, lm=lm: lm(ids, mask))
@@ -401,10 +403,8 @@ def test_cli_on_a_saved_tiny_model(
 ) -> None:
     model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
-    args = argparse.Namespace(
-        llm=str(tmp_path / "tiny"), name="tiny", max_new_tokens=3, batch_size=50, replies=tmp_path / "r.jsonl"
-    )
-    assert language.cli_run(args) == 0
+    args = ["--llm", str(tmp_path / "tiny"), "--name", "tiny", "--max_new_tokens", "3", "--batch_size", "50"]
+    assert call_command(eval_language, [*args, "--replies", str(tmp_path / "r.jsonl")]) == 0
     out = capsys.readouterr().out
     assert "| model | probe acc | correct/total | perplexity |" in out and "| tiny |" in out and "/100 |" in out
     records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]

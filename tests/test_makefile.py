@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from llamo.eval.report import summary_row, training_wall_times
+from llamo.eval.ablations import summary_row
+from llamo.eval.report import training_wall_times
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")

@@ -1,4 +1,4 @@
-"""`llamo eval run` helpers (llamo/eval/report.py): baselines, finiteness guard, markdown, ablation summary.
+"""`llamo eval run` helpers (llamo/eval/): baselines, finiteness guard, markdown, ablation summary.
 
 The end-to-end path (a trained run evaluated into report.md) is tests/test_demo_smoke.py.
 """
@@ -14,17 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from llamo.eval.report import (
-    EvalSettings,
-    LLaMoTextLogitsFn,
-    _check_finite,
-    ablation_report,
-    derangement,
-    format_report,
-    most_frequent_caption,
-    summary_row,
-    training_wall_times,
-)
+from llamo.eval.ablations import ablation_report, summary_row
+from llamo.eval.m2t import most_frequent_caption
+from llamo.eval.markdown import format_report
+from llamo.eval.report import training_wall_times
+from llamo.eval.settings import EvalSettings
+from llamo.eval.settings import check_finite as _check_finite
+from llamo.eval.t2m import derangement
+from llamo.inference.text import LLaMoTextLogitsFn
 
 
 @pytest.mark.parametrize("n", [2, 3, 10, 200])
@@ -166,7 +163,7 @@ def test_llamo_text_logits_fn_equals_base_model() -> None:
     """The MoT text path through `LLaMoTextLogitsFn` gives the base model's logits (full, prefill and cached)."""
     from tiny_llamo import tiny_llamo
 
-    from llamo.eval.language import hf_logits_fn
+    from llamo.inference.text import hf_logits_fn
 
     model, base = tiny_llamo("gqa_tied")
     model.eval()

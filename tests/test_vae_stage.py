@@ -16,12 +16,12 @@ from llamo.cli import main as llamo_main
 from llamo.core.vae import CausalMotionVAE, VAEConfig, VAEOutput
 from llamo.data.humanml272 import MotionCorpus
 from llamo.data.motion_windows import MotionWindowDataModule
+from llamo.eval.vae import evaluate_vae
 from llamo.motion.normalization import Normalizer, compute_mean_std
 from llamo.motion.representation import features_from_motion
 from llamo.motion.rotation import axis_angle_to_matrix
 from llamo.motion.skeleton import forward_kinematics
 from llamo.stages.cli import cli_main
-from llamo.stages.vae_eval import evaluate_vae
 from stageio import load_stage_output
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,6 @@ and weight decay can never reach a frozen row (which a gradient mask on the full
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -119,7 +118,8 @@ def smollm2_dir(cache_root: str | Path | None = None) -> Path:
     return root / SMOLLM2_DIRNAME
 
 
-def _is_prepared(folder: Path) -> bool:
+def is_prepared(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished `prepare_smollm2` conversion."""
     return (folder / PREPARED_MARKER).is_file() and (folder / "config.json").is_file()
 
 
@@ -150,7 +150,7 @@ def prepare_smollm2(cache_dir: str | Path | None = None, force: bool = False) ->
     sibling folder and renamed at the end, so an interrupted run never leaves a half-written cache.
     """
     out = smollm2_dir() if cache_dir is None else Path(cache_dir).expanduser()
-    if _is_prepared(out) and not force:
+    if is_prepared(out) and not force:
         return out
     gguf = _smollm2_gguf()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -199,7 +199,7 @@ def resolve_llm_path(path: str | Path) -> Path:
     """``smollm2`` -> the prepared SmolLM2 folder (FileNotFoundError saying how to prepare it); else ``path``."""
     if str(path) == SMOLLM2:
         folder = smollm2_dir()
-        if not _is_prepared(folder):
+        if not is_prepared(folder):
             _smollm2_gguf()  # the clearer error first when the package itself is missing
             raise FileNotFoundError(
                 f"SmolLM2 has not been prepared at {folder}; run `llamo prepare-llm` once "
@@ -248,7 +248,7 @@ def load_tokenizer(path: str | Path) -> Any:
     """
     from transformers import AutoTokenizer
 
-    if str(path) == SMOLLM2 and not _is_prepared(smollm2_dir()):
+    if str(path) == SMOLLM2 and not is_prepared(smollm2_dir()):
         gguf = _smollm2_gguf()
         return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     folder = resolve_llm_path(path)
@@ -370,23 +370,3 @@ class AddedTokenRows(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 # CLI: llamo prepare-llm
 # ---------------------------------------------------------------------------------------------------------
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``llamo prepare-llm``."""
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"output folder (default: ${CACHE_ENV}/{SMOLLM2_DIRNAME}, ${CACHE_ENV} defaulting to ~/.cache/llamo)",
-    )
-    parser.add_argument("--force", action="store_true", help="convert again even if the folder is already prepared")
-
-
-def cli_run(args: argparse.Namespace) -> int:
-    """Convert the packaged SmolLM2 GGUF once and print where it is."""
-    out = prepare_smollm2(args.out, force=args.force)
-    print(f"SmolLM2-135M-Instruct (HF format): {out}")
-    if args.out is not None and args.out != smollm2_dir():
-        print(f"use it with `path: {out}` in the model YAML (`path: {SMOLLM2}` reads {smollm2_dir()})")
-    return 0

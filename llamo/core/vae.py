@@ -432,6 +432,11 @@ class DecodeStream:
         h = self.vae.from_latent(z).transpose(1, 2)  # (B, width, k)
         return self.vae.decoder.step(h, self.cache).transpose(1, 2)  # (B, 4k, feature_dim)
 
+    def select(self, rows: Tensor) -> None:
+        """Keep only batch ``rows`` (indices) of the streams: finished sequences leave the batch."""
+        # every cached causal-conv buffer is (B, C, t): keeping rows keeps those streams' state
+        self.cache = {module: buffer[rows] for module, buffer in self.cache.items()}
+
 
 def padding_mask(lengths: Tensor, max_len: int, name: str = "lengths") -> Tensor:
     """(B, max_len) bool mask, True on the first ``lengths[b]`` positions; ValueError for bad lengths."""

@@ -141,36 +141,3 @@ def _check_clip(motion_path: Path, text_path: Path, clip_id: str,
 def check_dataset(root: str | Path, min_length: int = 40) -> list[DataProblem]:
     """Every problem of a data folder (empty list = the reader will load every split without error)."""
     return scan_dataset(root, min_length=min_length).problems
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``llamo data check``."""
-    parser.add_argument("root", type=Path, help="data folder (HumanML3D-272 / MotionMillion / llamo synth layout)")
-    parser.add_argument("--min-length", type=int, default=40, help="shortest valid clip in frames (default 40)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def cli_run(args: argparse.Namespace) -> int:
-    """Print the per-split summary and every problem; exit status 1 when there is any problem."""
-    report = scan_dataset(args.root, min_length=args.min_length, progress=not args.no_progress)
-    print(f"data folder: {report.root}")
-    if report.motion_dir is not None:
-        print(f"motion: {report.motion_dir}   mean/std: {report.mean_std_dir or 'MISSING'}")
-    if report.splits:
-        header = f"{'split':<28} {'entries':>8} {'valid':>8} {'frames':>10} {'hours':>7} {'min':>5} {'max':>5} " \
-                 f"{'captions':>9} {'problems':>9}"
-        print(header)
-        print("-" * len(header))
-        for s in report.splits.values():
-            print(f"{s.name:<28} {s.entries:>8} {s.valid:>8} {s.frames:>10} {s.frames / 30 / 3600:>7.2f} "
-                  f"{s.min_length if s.min_length is not None else '-':>5} "
-                  f"{s.max_length if s.max_length is not None else '-':>5} {s.captions:>9} {s.problems:>9}")
-    if not report.problems:
-        print("no problems found")
-        return 0
-    kinds = Counter(p.kind for p in report.problems)
-    print(f"\n{len(report.problems)} problem(s): " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
-    for problem in report.problems:
-        print(f"  [{problem.kind}] {problem}")
-    return 1
-

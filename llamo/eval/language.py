@@ -25,60 +25,51 @@ the tokens before it; perplexity is ``exp`` of the mean negative log-likelihood 
 paragraphs (a token-weighted mean, not a mean of per-paragraph perplexities). Padding never enters.
 
 Model-agnostic interface: the base HF `LlamaForCausalLM` and LLaMo's text path are scored by the same code
-through a `LogitsFn`, ``(input_ids (B, L), attention_mask (B, L)) -> logits (B, L, V')``. Its contract:
-
-- rows are LEFT-padded (``attention_mask`` 1 = real token, 0 = padding); a token's position is the number of real
-  tokens before it (`positions_from_mask`), so a padded row must give the logits of the same row unpadded;
-- only the first ``len(tokenizer)`` logit columns (the text vocabulary) are read, both for the greedy argmax and
-  for the perplexity softmax. Extra rows such as LLaMo's ``[BOM]``/``[EOM]`` (appended after the base vocabulary,
-  `llamo.core.llm.AddedTokenRows`) therefore never enter the probe: with a frozen text branch the MoT model must
-  reproduce its base model's numbers exactly.
-
-A `LogitsFn` that also implements `IncrementalLogitsFn` (``start`` / ``step`` with a KV cache, as `HFLogitsFn`
-does) lets `greedy_generate` decode one token per step instead of re-running the whole prefix; results are the
-same tokens (checked by the tests). To compare two models for exact equality, score both through the same path.
+through a `llamo.inference.text.LogitsFn` (`hf_logits_fn`, `LLaMoTextLogitsFn`); replies come from the suite's one
+text decoder, `llamo.inference.text.decode_tokens`. Only the first ``len(tokenizer)`` logit columns (the text
+vocabulary) are read, both for the greedy argmax and for the perplexity softmax, so LLaMo's ``[BOM]``/``[EOM]``
+rows never enter the probe: with a frozen text branch the MoT model must reproduce its base model's numbers
+exactly. To compare two models for exact equality, score both through the same path.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
 import time
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from llamo.core.llm import build_llm
+from llamo.eval.settings import EvalSettings, Section
+from llamo.inference.prompts import left_pad, stop_token_ids
+from llamo.inference.run import LLaMoRun
+from llamo.inference.text import LLaMoTextLogitsFn, LogitsFn, decode_tokens, hf_logits_fn
+
 __all__ = [
-    "END_OF_TURN_TOKENS",
     "PARAGRAPHS_FILE",
     "PROBE_SYSTEM_PROMPT",
     "QUESTIONS_FILE",
-    "HFLogitsFn",
-    "IncrementalLogitsFn",
     "LanguageProbeResult",
-    "LogitsFn",
     "ProbeItem",
     "first_line",
-    "format_language_table",
+    "language_section",
     "greedy_generate",
-    "hf_logits_fn",
     "load_paragraphs",
     "load_probe",
     "normalize_text",
     "perplexity",
-    "positions_from_mask",
     "run_language_probe",
     "score_reply",
-    "stop_token_ids",
 ]
 
 PROBE_DIR = Path(__file__).resolve().with_name("probe")
@@ -88,105 +79,9 @@ QUESTIONS_FILE = PROBE_DIR / "questions.jsonl"
 PARAGRAPHS_FILE = PROBE_DIR / "paragraphs.txt"
 #: system turn of the probe prompts: asks for the short replies the probe scores (and keeps decoding short)
 PROBE_SYSTEM_PROMPT = "Answer briefly."
-#: end-of-turn tokens of common chat templates; generation also stops at them when the vocabulary has them
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>")
 
 _ARTICLES = frozenset({"a", "an", "the"})
 _KINDS = ("fact", "instruction")
-
-#: ``(input_ids (B, L) long, attention_mask (B, L)) -> logits (B, L, V')``, rows left-padded (see module docstring)
-LogitsFn = Callable[[Tensor, Tensor], Tensor]
-
-
-@runtime_checkable
-class IncrementalLogitsFn(Protocol):
-    """A `LogitsFn` that can also decode incrementally with a cache (used by `greedy_generate` when present)."""
-
-    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Logits ``(B, L, V')`` of every position of a left-padded batch."""
-        ...
-
-    def start(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
-        """Run the left-padded prompts; return the LAST position's logits ``(B, V')`` and an opaque state."""
-        ...
-
-    def step(self, input_ids: Tensor, attention_mask: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """Feed ``input_ids (B, 1)``; ``attention_mask (B, L + 1)`` covers everything so far. Same returns."""
-        ...
-
-    def select(self, state: Any, rows: Tensor) -> Any:
-        """Keep only batch ``rows`` (1-D long, ascending) of the state: finished replies leave the batch."""
-        ...
-
-
-def positions_from_mask(attention_mask: Tensor) -> Tensor:
-    """Position ids ``(B, L)`` of a left-padded batch: real tokens count 0, 1, ... (padding gets 0)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-class HFLogitsFn:
-    """`LogitsFn` and `IncrementalLogitsFn` of a plain Hugging Face causal LM (e.g. `LlamaForCausalLM`).
-
-    Passes explicit position ids from the padding mask (HF's default positions would count the left padding) and
-    moves inputs to the model's device. The model is used as it is: put it in eval mode first.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the model's parameters."""
-        return next(self.model.parameters()).device
-
-    def _logits(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        positions: Tensor,
-        cache: Any = None,
-        use_cache: bool = False,
-        last_only: bool = False,
-    ) -> tuple[Tensor, Any]:
-        """The one model call behind every method: logits ``(B, L or 1, V)`` (``last_only``: the last position only)
-        and the cache. Subclasses for other models override this alone."""
-        device = self.device
-        out = self.model(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            position_ids=positions.to(device),
-            cache=cache,
-            use_cache=use_cache,
-            logits_to_keep=1 if last_only else 0,
-        )
-        return out.logits, out.cache
-
-    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Logits ``(B, L, V)`` of every position, no cache."""
-        return self._logits(input_ids, attention_mask, positions_from_mask(attention_mask))[0]
-
-    def start(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
-        """Prefill: last-position logits ``(B, V)`` (only that row goes through the LM head) and the KV cache."""
-        positions = positions_from_mask(attention_mask)
-        logits, cache = self._logits(input_ids, attention_mask, positions, use_cache=True, last_only=True)
-        return logits[:, -1], cache
-
-    def step(self, input_ids: Tensor, attention_mask: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """One cached decode step for ``input_ids (B, 1)``."""
-        positions = positions_from_mask(attention_mask)[:, -input_ids.shape[1] :]  # (B, 1)
-        logits, cache = self._logits(input_ids, attention_mask, positions, cache=state, use_cache=True, last_only=True)
-        return logits[:, -1], cache
-
-    def select(self, state: Any, rows: Tensor) -> Any:
-        """Keep batch ``rows`` of the KV cache (in place)."""
-        state.batch_select_indices(rows.to(self.device))
-        return state
-
-
-def hf_logits_fn(model: nn.Module) -> HFLogitsFn:
-    """The `LogitsFn` (with KV-cached decoding) of a plain Hugging Face causal LM."""
-    return HFLogitsFn(model)
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Probe data and scoring
@@ -306,15 +201,6 @@ def _pad_id(tokenizer: Any) -> int:
     return int(pad)
 
 
-def stop_token_ids(tokenizer: Any) -> set[int]:
-    """Token ids that end a reply: the tokenizer's eos id(s) and the `END_OF_TURN_TOKENS` its vocabulary has."""
-    eos = tokenizer.eos_token_id
-    stops = set(eos) if isinstance(eos, list) else ({int(eos)} if eos is not None else set())
-    vocab = tokenizer.get_vocab()
-    stops |= {int(vocab[t]) for t in END_OF_TURN_TOKENS if t in vocab}
-    return stops
-
-
 def _text_vocab_size(tokenizer: Any, logits: Tensor) -> int:
     vocab = len(tokenizer)
     if logits.shape[-1] < vocab:
@@ -338,27 +224,6 @@ def _encode_prompt(tokenizer: Any, prompt: str, use_chat_template: bool, system_
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return list(tokenizer(prompt)["input_ids"])
-
-
-def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    length = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        if seq:
-            ids[row, length - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, length - len(seq) :] = 1
-    return ids, mask
-
-
-def _check_prompts(prompts: Sequence[str]) -> list[str]:
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("greedy_generate needs at least one prompt, got an empty list")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"prompt {i} must be a non-empty string, got {p!r}")
-    return prompts
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -389,7 +254,12 @@ def greedy_generate(
     in decoding and the reply is stripped. ``use_cache`` uses the `IncrementalLogitsFn` methods when
     ``logits_fn`` has them; otherwise every step re-runs the whole sequence.
     """
-    prompts = _check_prompts(prompts)
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("greedy_generate needs at least one prompt, got an empty list")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"prompt {i} must be a non-empty string, got {p!r}")
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
     if system_prompt is not None and not use_chat_template:
@@ -400,71 +270,31 @@ def greedy_generate(
             raise ValueError(f"prompt {i} ({prompts[i]!r}) encodes to no tokens")
     pad_id = _pad_id(tokenizer)
     stops = stop_token_ids(tokenizer)
-    incremental = use_cache and isinstance(logits_fn, IncrementalLogitsFn)
+
+    def line_done(tokens: list[int]) -> bool:
+        return "\n" in tokenizer.decode(tokens, skip_special_tokens=True).lstrip()
+
     # similar lengths share a batch: less padding; sorted() is stable, so the batching is deterministic
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     replies = [""] * len(prompts)
     batches = range(0, len(order), batch_size)
-    with torch.inference_mode():
-        for start in tqdm(batches, desc="greedy generation", unit="batch", disable=not progress):
-            rows = order[start : start + batch_size]
-            ids, mask = _left_pad([encoded[i] for i in rows], pad_id)
-            tokens = _greedy_batch(logits_fn, tokenizer, ids, mask, max_new_tokens, stops, incremental, first_line_only)
-            for i, toks in zip(rows, tokens):
-                text = tokenizer.decode(toks, skip_special_tokens=True).strip()
-                replies[i] = first_line(text) if first_line_only else text
+    for start in tqdm(batches, desc="greedy generation", unit="batch", disable=not progress):
+        rows = order[start : start + batch_size]
+        ids, mask = left_pad([encoded[i] for i in rows], pad_id)
+        tokens = decode_tokens(
+            logits_fn,
+            ids,
+            mask,
+            vocab_size=len(tokenizer),
+            stop_ids=stops,
+            max_new_tokens=max_new_tokens,
+            use_cache=use_cache,
+            finished=line_done if first_line_only else None,
+        )
+        for i, toks in zip(rows, tokens):
+            text = tokenizer.decode(toks, skip_special_tokens=True).strip()
+            replies[i] = first_line(text) if first_line_only else text
     return replies
-
-
-def _greedy_batch(
-    logits_fn: LogitsFn,
-    tokenizer: Any,
-    ids: Tensor,
-    mask: Tensor,
-    max_new_tokens: int,
-    stops: set[int],
-    incremental: bool,
-    first_line_only: bool,
-) -> list[list[int]]:
-    generated: list[list[int]] = [[] for _ in range(ids.shape[0])]
-    alive = list(range(ids.shape[0]))  # batch row -> index into `generated`; finished rows leave the batch
-    state: Any = None
-    for step in range(max_new_tokens):
-        if incremental:
-            call = logits_fn.start(ids, mask) if step == 0 else logits_fn.step(ids[:, -1:], mask, state)
-            logits, state = call  # (B, V')
-        else:
-            logits = logits_fn(ids, mask)
-            if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(ids.shape):
-                raise ValueError(
-                    f"logits_fn must return logits (B, L, V) = ({ids.shape[0]}, {ids.shape[1]}, V), "
-                    f"got {tuple(logits.shape)}"
-                )
-            logits = logits[:, -1]
-        logits = logits[:, : _text_vocab_size(tokenizer, logits)]
-        if not torch.isfinite(logits).all():
-            raise ValueError(f"logits_fn returned non-finite logits at generation step {step}")
-        next_ids = logits.argmax(-1).cpu()  # (B,)
-        keep: list[int] = []
-        for row, index in enumerate(alive):
-            token = int(next_ids[row])
-            if token in stops:
-                continue
-            generated[index].append(token)
-            if first_line_only and "\n" in tokenizer.decode(generated[index], skip_special_tokens=True).lstrip():
-                continue
-            keep.append(row)
-        if not keep or step == max_new_tokens - 1:
-            break
-        if len(keep) < len(alive):
-            rows = torch.tensor(keep, dtype=torch.long)
-            ids, mask, next_ids = ids[rows], mask[rows], next_ids[rows]
-            alive = [alive[row] for row in keep]
-            if incremental:
-                state = logits_fn.select(state, rows)
-        ids = torch.cat([ids, next_ids[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-    return generated
 
 
 def perplexity(
@@ -493,7 +323,7 @@ def perplexity(
     total_tokens = 0
     with torch.inference_mode():
         for start in tqdm(range(0, len(encoded), batch_size), desc="perplexity", unit="batch", disable=not progress):
-            ids, mask = _left_pad(encoded[start : start + batch_size], pad_id)
+            ids, mask = left_pad(encoded[start : start + batch_size], pad_id)
             logits = logits_fn(ids, mask)
             if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(ids.shape):
                 raise ValueError(
@@ -588,48 +418,51 @@ def run_language_probe(
     )
 
 
-def format_language_table(rows: Sequence[tuple[str, LanguageProbeResult]]) -> str:
-    """Markdown table ``model | probe acc | correct/total | perplexity``, one row per ``(name, result)``."""
-    if not rows:
-        raise ValueError("format_language_table needs at least one (model name, result) row")
-    lines = ["| model | probe acc | correct/total | perplexity |", "| --- | ---: | ---: | ---: |"]
-    for name, result in rows:
-        lines.append(
-            f"| {name} | {100 * result.accuracy:.1f}% | {result.correct}/{result.total} | {result.perplexity:.4f} |"
-        )
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------------------------------------------------
-# CLI (for the lead to register, e.g. as `llamo eval language`)
+# The report's language row
 # ---------------------------------------------------------------------------------------------------------
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the language-probe command."""
-    parser.add_argument("--llm", default="smollm2", help="local HF Llama folder, or `smollm2` (default)")
-    parser.add_argument("--name", default=None, help="model name in the table (default: the --llm value)")
-    parser.add_argument("--max-new-tokens", type=int, default=24, help="reply length limit in tokens")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
-    parser.add_argument("--replies", type=Path, default=None, help="write id/prompt/reply/correct as JSON lines")
-
-
-def cli_run(args: argparse.Namespace) -> int:
-    """Run the probe on a base LLM and print its table row."""
-    from llamo.core.llm import load_llm, load_tokenizer
-
-    model = load_llm(args.llm).eval()
-    tokenizer = load_tokenizer(args.llm)
-    result = run_language_probe(
-        hf_logits_fn(model), tokenizer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+def language_section(run_model: LLaMoRun, settings: EvalSettings, section: Section) -> None:
+    model = run_model.model
+    tokenizer = run_model.formatter.tokenizer
+    items = load_probe()
+    if settings.probe_items is not None:
+        items = items[: settings.probe_items]
+    base = build_llm(model.config.llm, settings.device).eval()
+    results: list[tuple[str, LanguageProbeResult]] = []
+    llm_name = model.config.llm.path or "random base LLM (seeded config)"
+    for name, fn in (
+        (f"Base LLM ({llm_name})", hf_logits_fn(base)),
+        (f"LLaMo text path ({run_model.stage_dir.name})", LLaMoTextLogitsFn(model)),
+    ):
+        results.append((name, run_language_probe(fn, tokenizer, items=items, progress=True)))
+    del base
+    (base_name, b), (ours_name, o) = results
+    identical = b.replies == o.replies and b.hits == o.hits and b.perplexity == o.perplexity
+    section.data["rows"] = [
+        {"name": n, "accuracy": r.accuracy, "correct": r.correct, "total": r.total, "perplexity": r.perplexity}
+        for n, r in results
+    ]
+    section.data["identical"] = identical
+    section.data["mot"] = bool(model.config.mot)
+    section.data["perplexity_difference"] = abs(b.perplexity - o.perplexity)
+    section.data["differing_replies"] = sum(x != y for x, y in zip(b.replies, o.replies))
+    expectation = (
+        "MoT freezes the text branch, so the two rows must be identical"
+        if model.config.mot
+        else "w/o MoT fine-tunes the shared LLM, so the rows may differ (paper Table 5)"
     )
-    if args.replies is not None:
-        items = load_probe()
-        args.replies.parent.mkdir(parents=True, exist_ok=True)
-        with args.replies.open("w", encoding="utf-8") as f:
-            for item, reply, hit in zip(items, result.replies, result.hits):
-                record = {"id": item.id, "prompt": item.prompt, "reply": reply, "correct": hit}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    print(format_language_table([(args.name or str(args.llm), result)]))
-    print(f"probe wall time: {result.seconds:.1f}s")
-    return 0
+    verdict = (
+        "identical (same replies, same perplexity)"
+        if identical
+        else (
+            f"NOT identical: {section.data['differing_replies']} differing replies, perplexity differs by "
+            f"{section.data['perplexity_difference']:.3g}"
+        )
+    )
+    section.notes += [
+        f"{len(items)} probe prompts (greedy, first line scored) and {len(load_paragraphs())} held-out "
+        "paragraphs (perplexity), shipped in llamo/eval/probe/.",
+        f"{expectation}: {verdict}.",
+    ]

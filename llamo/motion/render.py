@@ -5,9 +5,7 @@ Uses matplotlib's object API with the Agg canvas (no pyplot, no display needed).
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 import textwrap
 from pathlib import Path
 
@@ -177,56 +175,3 @@ def _render_animation(
     writer = PillowWriter(fps=rate) if out.suffix.lower() == ".gif" else FFMpegWriter(fps=rate)
     with tqdm(total=len(frames), desc=f"render {out.name}", unit="frame", disable=not progress) as bar:
         animation.save(str(out), writer=writer, progress_callback=lambda i, n: bar.update(1))
-
-
-def _caption_from_texts(path: Path) -> str:
-    """First caption of a HumanML3D text file (``caption#tokens#start#end`` lines)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--texts {path} not found")
-    for line in path.read_text(encoding="utf-8").splitlines():
-        caption = line.split("#", 1)[0].strip()
-        if caption:
-            return caption
-    raise ValueError(f"--texts {path} has no caption line (expected `caption#tokens#start#end` lines)")
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``llamo render``."""
-    parser.add_argument("clip", type=Path, help="a (T, 272) .npy clip")
-    parser.add_argument("--out", type=Path, required=True, help="output .gif, .mp4 (needs ffmpeg) or .png filmstrip")
-    parser.add_argument("--normalized", action="store_true", help="the clip is normalised (needs --mean-std)")
-    parser.add_argument("--mean-std", type=Path, default=None, help="folder with Mean.npy/Std.npy for --normalized")
-    captions = parser.add_mutually_exclusive_group()
-    captions.add_argument("--caption", default=None, help="title text")
-    captions.add_argument("--texts", type=Path, default=None, help="HumanML3D caption file; its first caption is used")
-    parser.add_argument("--fps", type=float, default=30.0, help="frame rate of the clip (default 30)")
-    parser.add_argument("--frame-step", type=int, default=2, help="draw every n-th frame (default 2)")
-    parser.add_argument("--panels", type=int, default=8, help="frames in a .png filmstrip (default 8)")
-
-
-def cli_run(args: argparse.Namespace) -> int:
-    """``llamo render``: write the animation or filmstrip and print its path; exit 2 on a user error."""
-    try:
-        if args.normalized != (args.mean_std is not None):
-            raise ValueError("--normalized and --mean-std DIR go together (normalised clips need the Mean/Std folder)")
-        if not args.clip.is_file():
-            raise FileNotFoundError(f"clip {args.clip} not found")
-        features = np.load(args.clip)
-        if features.ndim != 2 or features.shape[1] != FEATURE_DIM:
-            raise ValueError(f"clip {args.clip} has shape {features.shape}, expected (T, {FEATURE_DIM})")
-        normalizer = Normalizer.load(args.mean_std) if args.normalized else None
-        caption = _caption_from_texts(args.texts) if args.texts is not None else args.caption
-        out = render_motion(
-            features,
-            args.out,
-            caption=caption,
-            normalizer=normalizer,
-            fps=args.fps,
-            frame_step=args.frame_step,
-            panels=args.panels,
-        )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"llamo render: error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {out} ({len(features)} frames, {len(features) / args.fps:.1f} s)")
-    return 0

@@ -15,6 +15,9 @@ local_rotations     140:272    6D parent-relative rotations; the root is its glo
 
 Positions are relative to ``(pelvis_x[0], min height of the clip, pelvis_z[0])``, so the floor is y = 0.
 Everything is computed in float64 and returned in the input's dtype; numpy inputs give numpy outputs.
+
+`JointTracker` is `recover_joints` for a stream: it recovers the joints of consecutive chunks with a constant cost
+per chunk (streaming generation decodes 4 frames at a time).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from llamo.motion.rotation import heading_angle, matrix_to_rot6d, rot6d_to_matrix, yaw_matrix
 from llamo.motion.skeleton import NUM_JOINTS
@@ -197,3 +201,44 @@ def features_from_motion(joints: ArrayT, local_rot: ArrayT) -> ArrayT:
     )
     assert features.shape[-1] == FEATURE_DIM
     return _like(features, joints)
+
+
+class JointTracker:
+    """Joint positions of streamed 272-dim chunks, equal to `recover_joints` of the concatenated features.
+
+    `recover_joints` integrates the heading (ordered product of the per-frame heading velocities) and the root
+    trajectory (velocities rotated by the previous frame's heading, summed) from frame 0. This does the same
+    integration per chunk, continuing from each row's last heading ``(3, 3)`` and root ``(x, z)``, so the cost
+    per chunk is constant instead of re-recovering the whole prefix.
+    """
+
+    def __init__(self, rows: int, device: torch.device | str = "cpu") -> None:
+        # before frame 0 the heading is I (frame 0's velocity is used unrotated) and the root is at the origin
+        self.heading = torch.eye(3, dtype=torch.float64, device=device).repeat(rows, 1, 1)  # (R, 3, 3)
+        self.root = torch.zeros(rows, 2, dtype=torch.float64, device=device)  # (R, 2) world x, z
+
+    def step(self, features: Tensor) -> Tensor:
+        """De-normalised chunk ``(R, t, 272)`` -> joints ``(R, t, 22, 3)`` in the chunk's dtype."""
+        if features.ndim != 3 or features.shape[0] != self.heading.shape[0] or features.shape[-1] != FEATURE_DIM:
+            raise ValueError(
+                f"JointTracker.step expects features (R={self.heading.shape[0]}, t, {FEATURE_DIM}), got "
+                f"{tuple(features.shape)}"
+            )
+        x = features.to(torch.float64)
+        rel = rot6d_to_matrix(x[..., SLICES["heading_velocity"]])  # (R, t, 3, 3)
+        heading = prefix_matmul(rel) @ self.heading[:, None]  # (R, t, 3, 3): rel[t] @ ... @ rel[0]
+        previous = torch.cat([self.heading[:, None], heading[:, :-1]], dim=1)  # heading of frame t - 1
+        velocity = x[..., SLICES["root_velocity"]]  # (R, t, 2)
+        step = torch.stack([velocity[..., 0], torch.zeros_like(velocity[..., 0]), velocity[..., 1]], dim=-1)
+        world_step = torch.einsum("rtji,rtj->rti", previous, step)  # H^T @ step
+        root = self.root[:, None] + world_step[..., [0, 2]].cumsum(dim=1)  # (R, t, 2)
+        local = x[..., SLICES["local_positions"]].reshape(*x.shape[:-1], NUM_JOINTS, 3)  # (R, t, 22, 3)
+        joints = torch.einsum("rtji,rtkj->rtki", heading, local)  # H^T @ p per joint
+        joints = joints + torch.stack([root[..., 0], torch.zeros_like(root[..., 0]), root[..., 1]], dim=-1)[:, :, None]
+        self.heading, self.root = heading[:, -1], root[:, -1]
+        return joints.to(features.dtype)
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only ``rows`` (indices) of the tracked streams."""
+        self.heading = self.heading[rows]
+        self.root = self.root[rows]

@@ -26,7 +26,6 @@ Captions (3 per clip) come from templates and synonyms filled from the same para
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -1223,23 +1222,3 @@ def synthesize(out_dir: str | Path, clips: int, seed: int, progress: bool = True
                                                     indent=0, sort_keys=True))
     return SynthSummary(out_dir=out, clips=clips, frames=frames, splits={k: len(v) for k, v in splits.items()},
                         families=dict(sorted(family_counts.items())), seconds=time.perf_counter() - started)
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``llamo data synth``."""
-    parser.add_argument("--out", type=Path, required=True, help="output folder (HumanML3D-272 layout)")
-    parser.add_argument("--clips", type=int, default=2000, help="number of clips (default 2000)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes identical files")
-    parser.add_argument("--overwrite", action="store_true", help="replace a corpus already in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def cli_run(args: argparse.Namespace) -> int:
-    """Run ``llamo data synth``: write the corpus and print what was written."""
-    torch.set_num_threads(1)  # tiny per-clip tensors: threads only add overhead
-    summary = synthesize(args.out, args.clips, args.seed, progress=not args.no_progress, overwrite=args.overwrite)
-    print(f"wrote {summary.clips} clips ({summary.frames} frames, {summary.hours:.2f} h at {FPS} fps) to "
-          f"{summary.out_dir} in {summary.seconds:.1f} s")
-    print("splits: " + ", ".join(f"{k} {v}" for k, v in summary.splits.items()))
-    print("actions per family: " + ", ".join(f"{k} {v}" for k, v in summary.families.items()))
-    return 0

@@ -1,6 +1,6 @@
 """Streaming-generation benchmark (not a test; paper Fig. 5): the cost of one motion token and frames/s.
 
-    python -m llamo.bench_generation [--sizes demo 1b] [--dtypes float32 bfloat16] [--layers-1b 4]   # or `make bench`
+    python -m benchmarks.generation [--sizes demo 1b] [--dtypes float32 bfloat16] [--layers-1b 4]   # or `make bench`
 
 Per size and dtype, with random weights (timings do not depend on the values), one table:
 
@@ -17,7 +17,7 @@ Per size and dtype, with random weights (timings do not depend on the values), o
   a minute), each with its bandwidth floor (motion-twin + adapter weights + the keys/values read, over the measured
   copy bandwidth);
 - the cost of a token at positions 10 and 75 (target: flat);
-- one Euler step of a 50-step `FlowHead.sample` call vs the issue's memory-bandwidth floor (all parameter bytes /
+- one Euler step of a 50-step `FlowHead.sample` call vs its memory-bandwidth floor (all parameter bytes /
   measured copy bandwidth), target within 1.3x; since `sample` computes the adaLN modulations of every step in
   one matmul per call, a step reads fewer bytes than that, so the table also gives the ratio to the bytes a step
   must read (`flow_step_read_bytes`: the state path every step, everything else once per call);
@@ -50,14 +50,16 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import DynamicCache, StaticCache
 
-from llamo.bench_mot import LLAMA_1B_SHAPE, SMOLLM2_SHAPE
+from benchmarks.mot import LLAMA_1B_SHAPE, SMOLLM2_SHAPE
 from llamo.core.format import SequenceFormatter
-from llamo.core.generation import DecodePath, FastDecodeOptions, JointTracker, _compiled, stream_motion
 from llamo.core.heads import FlowHead
-from llamo.core.llm import LLMConfig, _is_prepared, load_tokenizer, smollm2_dir
+from llamo.core.llm import LLMConfig, is_prepared, load_tokenizer, smollm2_dir
 from llamo.core.model import LLaMo, LLaMoConfig
 from llamo.core.vae import CausalMotionVAE, VAEConfig
+from llamo.inference.fast import DecodePath, FastDecodeOptions, compiled
+from llamo.inference.t2m import stream_motion
 from llamo.motion.normalization import Normalizer
+from llamo.motion.representation import JointTracker
 
 MODEL_YAMLS = {"demo": Path("experiments/model/smollm2.yaml"), "1b": Path("experiments/model/1b.yaml")}
 VAE_CONFIGS = {"demo": VAEConfig(width=128, depth=2), "1b": VAEConfig(width=1024, depth=3)}
@@ -187,7 +189,7 @@ class _Timer:
         """Warmed-up callables of the fast path's cached motion step (`StaticCache`, adapter ->
         `MoTLlama.motion_forward`, packed and compiled as ``options`` say) after each of ``positions`` motion
         tokens; the first call compiles (its time: ``compile_seconds``)."""
-        step_fn = _compiled(_static_backbone, options)
+        step_fn = compiled(_static_backbone, options)
         packed = self.model.mot.packed_motion_weights() if options.pack_weights else None
         multiple = options.cache_multiple
         cache_len = -(-(PROMPT_TOKENS + MOTION_TOKENS) // multiple) * multiple
@@ -277,7 +279,7 @@ def _static_backbone(
 
 
 def _formatter(model: LLaMo) -> SequenceFormatter | None:
-    if not _is_prepared(smollm2_dir()):
+    if not is_prepared(smollm2_dir()):
         return None
     return SequenceFormatter(load_tokenizer("smollm2"), model.bom_id, model.eom_id, model.config.latent_dim)
 
@@ -501,8 +503,8 @@ def bench_cuda_decode(size: str, dtypes: list[str], args: argparse.Namespace) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse options (none when called by `llamo.bench`), print the device and one table per size."""
-    parser = argparse.ArgumentParser(prog="python -m llamo.bench_generation", description=__doc__.split("\n\n")[0])
+    """Parse options (none when called by `benchmarks`), print the device and one table per size."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.generation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["demo", "1b"], choices=["demo", "1b"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(_DTYPES))
     parser.add_argument("--layers-1b", type=int, default=4, help="decoder layers of the 1B-shaped model (of 16)")

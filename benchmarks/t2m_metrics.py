@@ -1,6 +1,6 @@
 """Benchmark (not a test): text-to-motion metrics over 30,000 embedded pairs, seconds per step on this machine.
 
-Run: ``python -m metrics.bench [--pairs 30000 --dim 256 --seed 0 --encoder-items 256 --no-encoder]``.
+Run: ``python -m benchmarks.t2m_metrics [--pairs 30000 --dim 256 --seed 0 --encoder-items 256 --no-encoder]``.
 
 The embeddings are random (text = real motion + noise, generated = shifted and rescaled), the size of the paper's test
 split (~30K) at the Evaluator_272 width (256). Timed: FID from the arrays (float64 sums + eigen square roots),
@@ -64,9 +64,9 @@ def _encoder_rates(items: int, frames: int = 120) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Print one line per timed step: seconds and the value computed (as a sanity check).
 
-    ``argv`` None means defaults (``llamo.bench`` calls ``main()`` with its own command line in ``sys.argv``).
+    ``argv`` None means defaults (``benchmarks`` calls ``main()`` with its own command line in ``sys.argv``).
     """
-    parser = argparse.ArgumentParser(prog="python -m metrics.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.t2m_metrics", description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=30_000, help="number of (text, motion) pairs")
     parser.add_argument("--dim", type=int, default=256, help="embedding width")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,6 +1,6 @@
 """VAE benchmark (not a test): encode+decode throughput and streaming-decode cost per latent.
 
-    python -m llamo.bench_vae            # or `make bench`
+    python -m benchmarks.vae            # or `make bench`
 
 Prints frames/s of a full encode+decode for the paper-size (width 1024) and demo-size VAE, and the cost of
 one streamed latent at positions 10 and 300 with the cached streaming decoder, against MotionStreamer's way

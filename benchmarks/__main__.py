@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark (none of them is a test) and print their tables.
 
-    python -m llamo.bench [name ...]     # names: see BENCHES; default all
+    python -m benchmarks [name ...]     # names: see BENCHES; default all
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import time
 
 #: benchmark name -> module with a ``main()`` that prints a table
 BENCHES: dict[str, str] = {
-    "vae": "llamo.bench_vae",
-    "mot": "llamo.bench_mot",
-    "t2m-metrics": "metrics.bench",
-    "caption-metrics": "metrics.bench_captioning",
-    "generation": "llamo.bench_generation",
+    "vae": "benchmarks.vae",
+    "mot": "benchmarks.mot",
+    "t2m-metrics": "benchmarks.t2m_metrics",
+    "caption-metrics": "benchmarks.caption_metrics",
+    "generation": "benchmarks.generation",
 }
 
 

@@ -1,12 +1,12 @@
 """Benchmark (not a test): cost of the Mixture-of-Transformers against the dense base model.
 
-``python -m llamo.bench_mot [--sizes smollm2 1b] [--batch 2] [--prompt 40] [--motion 80] [--repeats 5]``
+``python -m benchmarks.mot [--sizes smollm2 1b] [--batch 2] [--prompt 40] [--motion 80] [--repeats 5]``
 
 For each size, on the same mixed text-to-motion batch and from the same weights:
 
 1. training step (forward + backward, no optimiser step) of the full ``LLaMo.loss`` with MoT (text branch
    frozen, motion twins trainable) vs the "w/o MoT" LLaMo (the dense base model, every weight trainable, same
-   heads and losses): ratio MoT / dense (issue 4 target <= 1.10);
+   heads and losses): ratio MoT / dense (target <= 1.10);
 2. the same for the backbone alone (``MoTLlama`` vs ``LlamaModel``, loss = mean squared hidden state);
 3. text-only inference per token (prefill, then one token at a time with a `DynamicCache`): LLaMo's text
    path (embedding with [BOM]/[EOM] rows, MoT fast path, LM head + 2 columns) vs the base
@@ -209,8 +209,8 @@ def bench_size(name: str, shape: dict[str, Any], args: argparse.Namespace) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (None: defaults, as `llamo.bench` calls it), run the requested sizes, print the ratios."""
-    parser = argparse.ArgumentParser(prog="python -m llamo.bench_mot", description=__doc__.split("\n\n")[0])
+    """Parse ``argv`` (None: defaults, as `benchmarks` calls it), run the requested sizes, print the ratios."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.mot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["smollm2", "1b"], choices=["smollm2", "1b"])
     parser.add_argument("--batch", type=int, default=2, help="sequences per batch")
     parser.add_argument("--prompt", type=int, default=40, help="text tokens before [BOM]")

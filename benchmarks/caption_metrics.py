@@ -1,6 +1,6 @@
 """Benchmark (not a test): motion-to-text metrics over synthetic captions, seconds per stage on this machine.
 
-Run: ``python -m metrics.bench_captioning [--captions 4000 --refs 3 --seed 0 --no-bertscore]``.
+Run: ``python -m benchmarks.caption_metrics [--captions 4000 --refs 3 --seed 0 --no-bertscore]``.
 
 Captions come from a small seeded template grammar (subject, action, direction, manner), so predictions share
 vocabulary with their references without copying them, like a half-trained captioner. Stages timed: PTB
@@ -54,8 +54,8 @@ def synthetic_captions(num: int, num_refs: int, seed: int) -> tuple[list[str], l
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print a table of seconds per stage; ``argv=None`` means the defaults (``llamo.bench`` calls ``main()``)."""
-    parser = argparse.ArgumentParser(prog="python -m metrics.bench_captioning", description=__doc__)
+    """Print a table of seconds per stage; ``argv=None`` means the defaults (``benchmarks`` calls ``main()``)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.caption_metrics", description=__doc__)
     parser.add_argument("--captions", type=int, default=4000)
     parser.add_argument("--refs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)

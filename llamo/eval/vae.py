@@ -1,6 +1,4 @@
-"""``llamo eval vae``: reconstruction quality of a trained VAE as a Table-2 row (paper §4.1).
-
-    llamo eval vae --ckpt runs/default/vae --data data/synth [--split test] [--json results.json]
+"""Reconstruction quality of a trained VAE as a Table-2 row (paper §4.1); ``llamo eval vae`` runs it.
 
 Protocol (MotionStreamer's TAE test, ``eval_causal_TAE.py``): the clips of the split with ``--min-frames`` <= T <=
 ``--max-frames`` (60 <= T < 300), cropped to a multiple of 4 (the first frames), normalised, passed through the full
@@ -12,17 +10,13 @@ over clips; Comp. = latent numbers / input numbers.
 
 from __future__ import annotations
 
-import argparse
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from llamo.core.vae import CausalMotionVAE
 from llamo.data.humanml272 import MotionCorpus
-from llamo.data.latents import load_vae
 from llamo.data.motion_windows import WholeClips, collate_padded
 from llamo.motion.representation import recover_joints, recover_rotations
 from metrics.reconstruction import MPJPE, MPJRE, SJPE, compression_ratio
@@ -102,54 +96,3 @@ def evaluate_vae(
         frames=frames,
         **values,
     )
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--ckpt",
-        required=True,
-        type=Path,
-        help="VAE stage output folder (holds handoff.safetensors + config.json), e.g. runs/default/vae",
-    )
-    parser.add_argument("--data", required=True, type=Path, help="HumanML3D-272 style dataset folder")
-    parser.add_argument("--split", default="test", help="split to reconstruct (default: test)")
-    parser.add_argument("--min-frames", type=int, default=60, help="shortest clip kept (MotionStreamer: 60)")
-    parser.add_argument("--max-frames", type=int, default=299, help="longest clip kept (MotionStreamer: T < 300)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--use-mean", action="store_true", help="decode mu instead of a sampled z")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the latent noise")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--name", default=None, help="row label (default: CausalVAE-z<latent> (<variance>))")
-    parser.add_argument("--json", type=Path, default=None, help="also write the row as JSON to this file")
-
-
-def cli_run(args: argparse.Namespace) -> int:
-    if args.max_frames < 4 or args.min_frames < 4 or args.batch_size < 1:
-        raise ValueError(
-            f"--max-frames and --min-frames must be >= 4 and --batch-size >= 1, got {args.max_frames}, "
-            f"{args.min_frames}, {args.batch_size}"
-        )
-    vae = load_vae(args.ckpt)
-    # min_length=1: shorter clips are left out by the protocol (evaluate_vae), they are not errors
-    corpus = MotionCorpus(args.data, split=args.split, min_length=1, max_length=args.max_frames)
-    result = evaluate_vae(
-        vae,
-        corpus,
-        min_frames=args.min_frames,
-        max_frames=args.max_frames,
-        batch_size=args.batch_size,
-        use_mean=args.use_mean,
-        seed=args.seed,
-        device=args.device,
-        name=args.name,
-    )
-    print(result.table())
-    left_out = len(corpus) - result.clips + corpus.too_long
-    print(
-        f"({result.clips} clips, {result.frames} frames of split {args.split!r}; {left_out} clips outside "
-        f"[{args.min_frames}, {args.max_frames}] frames left out)"
-    )
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
-    return 0

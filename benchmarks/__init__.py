@@ -1,0 +1,1 @@
+"""Benchmarks of the suite (`make bench`): timing tables and ratios, never tests. They use only public API."""

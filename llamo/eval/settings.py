@@ -1,0 +1,109 @@
+"""What `llamo.eval.report.evaluate_run` measures and how (`EvalSettings`), and the container of one report part.
+
+`EvalSettings` is the one source of the ``llamo eval run`` flags and their defaults: the command layer builds its
+options from the dataclass fields and their docstrings.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+__all__ = ["MAX_FRAMES", "MIN_FRAMES", "EvalSettings", "Section", "check_finite", "timed"]
+
+#: T2M test protocol: clips with MIN_FRAMES <= T <= MAX_FRAMES (MotionStreamer: 60 <= T < 300)
+MIN_FRAMES = 60
+
+MAX_FRAMES = 299
+
+
+@dataclass
+class EvalSettings:
+    """What `evaluate_run` measures and how (the CLI flags)."""
+
+    split: str = "test"
+    """Corpus split evaluated."""
+    items: int | None = None
+    """Test items used by Tables 3/4 (a seeded subset); None = every item of the split in the frame range."""
+    samples: int = 4
+    """Generated test motions rendered to ``samples/*.gif``."""
+    length: Literal["gt", "exit"] = "gt"
+    """``gt``: generate exactly the ground-truth number of latents (exit head off); ``exit``: the exit head may
+    stop earlier, capped at the ground-truth length."""
+    stage: str | None = None
+    """LLaMo stage folder evaluated (None: the newest of stage3, stage2, stage1)."""
+    repeats: int = 20
+    """Repetitions of the T2M protocol (R-precision groups, Diversity pairs)."""
+    seed: int = 0
+    """Seed of the item subset, the caption choice, the generation noise and the protocol."""
+    gen_batch: int = 16
+    """Prompts generated together."""
+    probe_items: int | None = None
+    """Language-probe prompts used (None: all of the shipped probe)."""
+    caption_tokens: int = 48
+    """Longest generated caption in tokens."""
+    min_frames: int = MIN_FRAMES
+    """Shortest test clip kept (T2M protocol: 60)."""
+    max_frames: int = MAX_FRAMES
+    """Longest test clip kept (T2M protocol: T < 300)."""
+    device: str | None = None
+    """Torch device of every model (None: cuda when available, else cpu)."""
+    bertscore: bool = True
+    """Compute BERTScore (packaged MiniLM, offline)."""
+
+    def __post_init__(self) -> None:
+        if self.device is None:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.length not in ("gt", "exit"):
+            raise ValueError(f"--length must be 'gt' or 'exit', got {self.length!r}")
+        for name in ("samples", "repeats", "gen_batch", "caption_tokens", "min_frames", "max_frames"):
+            value = getattr(self, name)
+            if value < (0 if name == "samples" else 1):
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {0 if name == 'samples' else 1}, got {value}")
+        for name in ("items", "probe_items"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 2 (or omitted for all), got {value}")
+        if self.min_frames > self.max_frames or self.min_frames < 4:
+            raise ValueError(f"--min-frames ({self.min_frames}) must be >= 4 and <= --max-frames ({self.max_frames})")
+
+
+class Section:
+    """One part of the report: its wall time, its rows/notes, or why it was skipped."""
+
+    def __init__(self, key: str, title: str) -> None:
+        self.key, self.title = key, title
+        self.seconds = 0.0
+        self.skipped: str | None = None
+        self.data: dict[str, Any] = {}
+        self.notes: list[str] = []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "seconds": self.seconds, "skipped": self.skipped, "notes": self.notes, **self.data}
+
+
+@contextmanager
+def timed(section: Section) -> Iterator[Section]:
+    start = time.perf_counter()
+    try:
+        yield section
+    finally:
+        section.seconds = time.perf_counter() - start
+
+
+def check_finite(value: Any, where: str = "results") -> None:
+    """Every float in a nested results structure must be finite (ValueError naming its key otherwise)."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            check_finite(v, f"{where}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            check_finite(v, f"{where}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}: a metric came out non-finite; the run or the evaluation is broken")

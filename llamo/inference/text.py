@@ -1,0 +1,369 @@
+"""Text decoding: one batched decoder for captions, chat and the language probe.
+
+Every text answer of the suite comes from `decode_tokens`: greedy (argmax) or sampled next tokens over a text
+vocabulary, one KV-cached step per token, rows leaving the batch as they finish. It reads logits through a
+`LogitsFn`, ``(input_ids (B, L), attention_mask (B, L) | None) -> logits (B, L, V')``, so the base Hugging Face
+model (`HFLogitsFn`) and LLaMo (`LLaMoTextLogitsFn`, optionally with motion in the prompt) are decoded by the same
+code. Contract of a `LogitsFn`:
+
+- rows are LEFT-padded (``attention_mask`` 1 = real token, 0 = padding); a token's position is the number of real
+  tokens before it (`positions_from_mask`), so a padded row gives the logits of the same row unpadded.
+  ``attention_mask=None`` means no padding at all: the model's own default positions and unmasked causal
+  attention are used (single prompts: `caption`, `chat`);
+- only the first ``vocab_size`` logit columns are read. Extra rows such as LLaMo's ``[BOM]``/``[EOM]`` (appended
+  after the base vocabulary) therefore never become text.
+
+A `LogitsFn` that also implements `IncrementalLogitsFn` (``start`` / ``step`` / ``select`` with a KV cache, as
+`HFLogitsFn` does) is decoded one token per step; otherwise every step re-runs the whole sequence (same tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from llamo.core.format import SequenceFormatter
+from llamo.core.model import LLaMo
+from llamo.core.vae import CausalMotionVAE
+from llamo.data.humanml272 import crop_to_multiple
+from llamo.inference.prompts import chat_prompt_ids, m2t_prompt, model_formatter, stop_token_ids
+from llamo.motion.normalization import Normalizer
+from llamo.motion.representation import FEATURE_DIM
+
+__all__ = [
+    "HFLogitsFn",
+    "IncrementalLogitsFn",
+    "LLaMoTextLogitsFn",
+    "LogitsFn",
+    "caption",
+    "chat",
+    "decode_tokens",
+    "hf_logits_fn",
+    "positions_from_mask",
+]
+
+#: ``(input_ids (B, L) long, attention_mask (B, L) | None) -> logits (B, L, V')`` (see the module docstring)
+LogitsFn = Callable[[Tensor, Tensor | None], Tensor]
+
+
+@runtime_checkable
+class IncrementalLogitsFn(Protocol):
+    """A `LogitsFn` that can also decode incrementally with a cache (used by `decode_tokens` when present)."""
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """Logits ``(B, L, V')`` of every position of a left-padded batch."""
+        ...
+
+    def start(self, input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Any]:
+        """Run the left-padded prompts; return the LAST position's logits ``(B, V')`` and an opaque state."""
+        ...
+
+    def step(self, input_ids: Tensor, attention_mask: Tensor | None, state: Any) -> tuple[Tensor, Any]:
+        """Feed ``input_ids (B, 1)``; ``attention_mask (B, L + 1)`` covers everything so far. Same returns."""
+        ...
+
+    def select(self, state: Any, rows: Tensor) -> Any:
+        """Keep only batch ``rows`` (1-D long, ascending) of the state: finished replies leave the batch."""
+        ...
+
+
+def positions_from_mask(attention_mask: Tensor) -> Tensor:
+    """Position ids ``(B, L)`` of a left-padded batch: real tokens count 0, 1, ... (padding gets 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class HFLogitsFn:
+    """`LogitsFn` and `IncrementalLogitsFn` of a plain Hugging Face causal LM (e.g. `LlamaForCausalLM`).
+
+    Passes explicit position ids from the padding mask (HF's default positions would count the left padding) and
+    moves inputs to the model's device. The model is used as it is: put it in eval mode first.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    def _logits(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        positions: Tensor | None,
+        cache: Any = None,
+        use_cache: bool = False,
+        last_only: bool = False,
+    ) -> tuple[Tensor, Any]:
+        """The one model call behind every method: logits ``(B, L or 1, V)`` (``last_only``: the last position only)
+        and the cache. Subclasses for other models override this alone."""
+        device = self.device
+        out = self.model(
+            input_ids=input_ids.to(device),
+            attention_mask=None if attention_mask is None else attention_mask.to(device),
+            position_ids=None if positions is None else positions.to(device),
+            cache=cache,
+            use_cache=use_cache,
+            logits_to_keep=1 if last_only else 0,
+        )
+        return out.logits, out.cache
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """Logits ``(B, L, V)`` of every position, no cache."""
+        return self._logits(input_ids, attention_mask, _positions(attention_mask))[0]
+
+    def start(self, input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Any]:
+        """Prefill: last-position logits ``(B, V)`` (only that row goes through the LM head) and the KV cache."""
+        logits, cache = self._logits(
+            input_ids, attention_mask, _positions(attention_mask), use_cache=True, last_only=True
+        )
+        return logits[:, -1], cache
+
+    def step(self, input_ids: Tensor, attention_mask: Tensor | None, state: Any) -> tuple[Tensor, Any]:
+        """One cached decode step for ``input_ids (B, 1)``."""
+        positions = _positions(attention_mask)
+        positions = None if positions is None else positions[:, -input_ids.shape[1] :]  # (B, 1)
+        logits, cache = self._logits(input_ids, attention_mask, positions, cache=state, use_cache=True, last_only=True)
+        return logits[:, -1], cache
+
+    def select(self, state: Any, rows: Tensor) -> Any:
+        """Keep batch ``rows`` of the KV cache (in place)."""
+        state.batch_select_indices(rows.to(self.device))
+        return state
+
+
+def _positions(attention_mask: Tensor | None) -> Tensor | None:
+    return None if attention_mask is None else positions_from_mask(attention_mask)
+
+
+def hf_logits_fn(model: nn.Module) -> HFLogitsFn:
+    """The `LogitsFn` (with KV-cached decoding) of a plain Hugging Face causal LM."""
+    return HFLogitsFn(model)
+
+
+class LLaMoTextLogitsFn(HFLogitsFn):
+    """`LogitsFn` (with KV-cached decoding) of LLaMo's text head, optionally with motion in the prompt.
+
+    Text-only input goes through `LLaMo.forward` without a motion mask (under MoT: the frozen base model's own
+    layers) and `LLaMo.text_logits` (the base LM head, then the [BOM]/[EOM] columns). ``motion_mask (B, L)`` and
+    ``latents (M, latent_dim)`` describe motion slots of the PROMPT (motion-to-text): they enter every call that
+    starts from the beginning (``__call__``, ``start``), never a cached ``step``. Everything but the model call is
+    `HFLogitsFn`'s, so that a frozen text branch reproduces the base model's numbers exactly.
+    """
+
+    def __init__(self, model: LLaMo, motion_mask: Tensor | None = None, latents: Tensor | None = None) -> None:
+        super().__init__(model)
+        if (motion_mask is None) != (latents is None):
+            raise ValueError("pass motion_mask and latents together (motion in the prompt) or neither (text only)")
+        self.motion_mask, self.latents = motion_mask, latents
+
+    def _logits(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        positions: Tensor | None,
+        cache: Any = None,
+        use_cache: bool = False,
+        last_only: bool = False,
+    ) -> tuple[Tensor, Any]:
+        """Logits ``(B, L or 1, V + 2)`` of LLaMo's text head and the cache."""
+        d = self.device
+        motion = cache is None and self.motion_mask is not None  # only a call from the start sees the prompt
+        out = self.model(
+            input_ids.to(d),
+            self.motion_mask.to(d) if motion else None,
+            self.latents.to(d) if motion else None,
+            attention_mask=None if attention_mask is None else attention_mask.to(d),
+            position_ids=None if positions is None else positions.to(d),
+            cache=cache,
+            use_cache=use_cache,
+        )
+        if last_only:  # (B, H) rows through the head, as the base model's own last-row path computes them
+            return self.model.text_logits(out.hidden_states[:, -1])[:, None], out.cache
+        return self.model.text_logits(out.hidden_states), out.cache
+
+
+@torch.inference_mode()
+def decode_tokens(
+    logits_fn: LogitsFn,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    *,
+    vocab_size: int,
+    stop_ids: set[int],
+    max_new_tokens: int,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    finished: Callable[[list[int]], bool] | None = None,
+) -> list[list[int]]:
+    """New token ids per row of ``input_ids (B, L)`` (left-padded by ``attention_mask``, None: no padding).
+
+    Each step reads the last position's logits over the first ``vocab_size`` columns and takes the argmax (or,
+    with ``greedy=False``, samples at ``temperature`` from ``generator`` on the CPU). A row ends at a token of
+    ``stop_ids`` (not returned), when ``finished(tokens)`` says so (the token that made it true is kept), or after
+    ``max_new_tokens``; finished rows leave the batch (and the KV cache). ``use_cache`` uses the
+    `IncrementalLogitsFn` methods when ``logits_fn`` has them.
+    """
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not greedy and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 for sampling, got {temperature!r}")
+    if attention_mask is None and input_ids.shape[0] > 1:
+        raise ValueError("several prompts need an attention_mask (left padding); pass one from left_pad")
+    incremental = use_cache and isinstance(logits_fn, IncrementalLogitsFn)
+    ids, mask = input_ids, attention_mask
+    generated: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    alive = list(range(ids.shape[0]))  # batch row -> index into `generated`
+    state: Any = None
+    for step in range(max_new_tokens):
+        if incremental:
+            call = logits_fn.start(ids, mask) if step == 0 else logits_fn.step(ids[:, -1:], mask, state)
+            logits, state = call  # (B, V')
+        else:
+            logits = logits_fn(ids, mask)
+            if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(ids.shape):
+                raise ValueError(
+                    f"logits_fn must return logits (B, L, V) = ({ids.shape[0]}, {ids.shape[1]}, V), "
+                    f"got {tuple(logits.shape)}"
+                )
+            logits = logits[:, -1]
+        if logits.shape[-1] < vocab_size:
+            raise ValueError(
+                f"logits_fn returned {logits.shape[-1]} logit columns but the tokenizer has {vocab_size} tokens; "
+                "the logits_fn and tokenizer belong to different models"
+            )
+        logits = logits[:, :vocab_size]
+        if not torch.isfinite(logits).all():
+            raise ValueError(f"logits_fn returned non-finite logits at generation step {step}")
+        if greedy:
+            next_ids = logits.argmax(-1).cpu()  # (B,)
+        else:
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            next_ids = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0]
+        keep: list[int] = []
+        for row, index in enumerate(alive):
+            token = int(next_ids[row])
+            if token in stop_ids:
+                continue
+            generated[index].append(token)
+            if finished is not None and finished(generated[index]):
+                continue
+            keep.append(row)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(alive):
+            rows = torch.tensor(keep, dtype=torch.long)
+            ids, next_ids = ids[rows], next_ids[rows]
+            mask = None if mask is None else mask[rows]
+            alive = [alive[row] for row in keep]
+            if incremental:
+                state = logits_fn.select(state, rows)
+        ids = torch.cat([ids, next_ids[:, None].to(ids.device)], dim=1)
+        if mask is not None:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return generated
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def caption(
+    model: LLaMo,
+    vae: CausalMotionVAE | None,
+    motion: Tensor | np.ndarray,
+    *,
+    formatter: SequenceFormatter | None = None,
+    normalizer: Normalizer | None = None,
+    normalized: bool = False,
+    max_new_tokens: int = 48,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> str:
+    """Describe a motion in one sentence (motion-to-text with the frozen text head, the `M2T_INSTRUCTION` prompt).
+
+    ``motion`` is either latents ``(N, latent_dim)`` or features ``(T, 272)``: un-normalised (corpus ``.npy``
+    clips; ``normalizer`` required) or, with ``normalized=True``, already normalised. Features are cropped to
+    their first multiple of 4 frames and encoded to the VAE means, as the training latents were. Decoding is
+    greedy unless ``greedy=False`` (sampling at ``temperature`` from ``generator``) and stops at eos/end-of-turn.
+    """
+    formatter = model_formatter(model) if formatter is None else formatter
+    latent_dim = model.config.latent_dim
+    device = _model_device(model)
+    x = torch.as_tensor(np.asarray(motion) if isinstance(motion, np.ndarray) else motion)
+    if x.ndim != 2 or x.shape[-1] not in (latent_dim, FEATURE_DIM):
+        raise ValueError(
+            f"motion must be latents (N, {latent_dim}) or features (T, {FEATURE_DIM}), got shape {tuple(x.shape)}"
+        )
+    if not torch.is_floating_point(x) or not torch.isfinite(x).all():
+        raise ValueError("motion must be finite floating-point values (no NaN/Inf)")
+    if x.shape[-1] == FEATURE_DIM:
+        if vae is None:
+            raise ValueError("captioning motion features needs the VAE to encode them; pass vae=")
+        if not normalized:
+            if normalizer is None:
+                raise ValueError(
+                    "un-normalised features need the corpus Mean/Std: pass normalizer= (or normalized=True when the "
+                    "features are already normalised)"
+                )
+            x = normalizer.normalise(x.double())
+        x = crop_to_multiple(x.float(), vae.config.downsample)
+        vae_param = next(vae.parameters())
+        with torch.no_grad():
+            x = vae.encode(x[None].to(vae_param.device, vae_param.dtype)).mu[0]  # (N, latent_dim)
+    if x.shape[0] < 1:
+        raise ValueError("motion has no latent token; give at least 4 frames or one latent")
+    ids, motion_mask = m2t_prompt(formatter, int(x.shape[0]))
+    dtype = next(model.parameters()).dtype
+    logits_fn = LLaMoTextLogitsFn(model, motion_mask[None].to(device), x.to(device, dtype))
+    (tokens,) = decode_tokens(
+        logits_fn,
+        ids[None].to(device),
+        None,
+        vocab_size=model.base_vocab_size,
+        stop_ids=stop_token_ids(formatter.tokenizer),
+        max_new_tokens=max_new_tokens,
+        greedy=greedy,
+        temperature=temperature,
+        generator=generator,
+    )
+    return formatter.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def chat(
+    model: LLaMo,
+    messages: Sequence[Mapping[str, str]],
+    *,
+    formatter: SequenceFormatter | None = None,
+    max_new_tokens: int = 256,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> str:
+    """The assistant's reply to a text-only chat ``[{"role": ..., "content": ...}, ...]``.
+
+    Only text tokens are involved, so every step runs the frozen base model (MoT's text fast path): the greedy
+    reply is token-identical to the base model's greedy reply.
+    """
+    formatter = model_formatter(model) if formatter is None else formatter
+    ids = torch.tensor([chat_prompt_ids(formatter, messages)], device=_model_device(model))
+    (tokens,) = decode_tokens(
+        LLaMoTextLogitsFn(model),
+        ids,
+        None,
+        vocab_size=model.base_vocab_size,
+        stop_ids=stop_token_ids(formatter.tokenizer),
+        max_new_tokens=max_new_tokens,
+        greedy=greedy,
+        temperature=temperature,
+        generator=generator,
+    )
+    return formatter.tokenizer.decode(tokens, skip_special_tokens=True).strip()
