@@ -73,6 +73,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import shutil
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -138,7 +139,7 @@ class MotionStreamerEvaluatorConfig:
     """Sizes of :class:`MotionStreamerEvaluator`; the defaults are the released ``Evaluator_272``.
 
     Everything else is fixed at the released values: GELU, post-norm, two distribution tokens, DistilBERT with
-    learned positions and GELU, 12 upstream dropouts of 0.1 that are inactive at evaluation (built as 0 here).
+    learned positions and GELU; upstream's dropouts (0.1) are inactive at evaluation and built with p = 0 here.
     """
 
     feature_dim: int = 272
@@ -383,6 +384,10 @@ class MotionStreamerEvaluator(nn.Module):
         """Embed token ids (B, L) with an optional (B, L) mask (1 = real token), as upstream does -> (B, 256)."""
         if input_ids.ndim != 2 or input_ids.is_floating_point():
             raise ValueError(f"input_ids must be integer ids of shape (B, L), got {tuple(input_ids.shape)}")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids {tuple(input_ids.shape)}"
+            )
         limit = self.config.distilbert["max_position_embeddings"]
         if input_ids.shape[1] > limit:
             raise ValueError(f"{input_ids.shape[1]} tokens exceed DistilBERT's {limit} positions; shorten the text")
@@ -559,9 +564,11 @@ def _read_checkpoint(path: Path, allow_pickle: bool) -> Mapping[str, Any]:
             raise ValueError(f"{path} cannot be read: it is truncated or corrupt ({err}); download it again") from err
         if not allow_pickle:
             hint = "" if zipfile.is_zipfile(path) else " (it is not a zip archive: it may also be truncated)"
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            what = found.group(1) if found else "non-tensor objects"
             raise ValueError(
-                f"{path} stores non-tensor Python objects (Lightning hyper-parameters), so reading it needs a full "
-                f"unpickle, which can run arbitrary code{hint}. If you trust the file (the released "
+                f"{path} stores Python objects beyond tensors ({what}, e.g. Lightning hyper-parameters), so reading "
+                f"it needs a full unpickle, which can run arbitrary code{hint}. If you trust the file (the released "
                 "Evaluator_272/epoch=99.ckpt from lxxiao/MotionStreamer), pass --allow-pickle (allow_pickle=True) "
                 "once; the converted folder is weights-only and never unpickled again"
             ) from err

@@ -385,7 +385,10 @@ def test_bad_motion_input(model: MotionStreamerEvaluator) -> None:
 def test_needs_pickle_names_the_flag(upstream: dict[str, Tensor], tmp_path: Path) -> None:
     path = tmp_path / "epoch=99.ckpt"
     torch.save(lightning_checkpoint(upstream, hyper_parameters=argparse.Namespace(lr=1e-4)), path)
-    with pytest.raises(ValueError, match=r"(?s)epoch=99\.ckpt.*full unpickle.*--allow-pickle \(allow_pickle=True\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)epoch=99\.ckpt.*argparse\.Namespace.*full unpickle.*--allow-pickle \(allow_pickle=True\)",
+    ):
         convert_motionstreamer_evaluator(path, tmp_path / "out", config=TINY)
     assert not (tmp_path / "out").exists()
     out = convert_motionstreamer_evaluator(path, tmp_path / "out", config=TINY, allow_pickle=True)
@@ -447,7 +450,12 @@ def test_missing_unexpected_and_misshaped_keys_in_one_error(upstream: dict[str, 
         map_upstream_state_dict(upstream, MotionStreamerEvaluatorConfig(), "tiny")
 
 
-def test_load_never_unpickles_and_checks_kind(converted: Path, tmp_path: Path) -> None:
+def test_load_never_unpickles_and_checks_kind(converted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_unpickling(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluation-time loading must not unpickle")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    assert MotionStreamerEvaluator.load(converted).config == TINY
     TextMotionEvaluator(
         EvaluatorConfig(latent_dim=32, ff_size=64, num_layers=1, num_heads=2, text_encoder="scratch", vocab_size=64)
     ).save(tmp_path / "own")
