@@ -28,6 +28,20 @@ ABLATION ?=
 # overlay folders (space-separated): <folder>/<stage>.yaml after each stage's YAML and, for the LLaMo stages,
 # <folder>/model.yaml after the model YAML, wherever they exist (the demo sets experiments/demo)
 OVERLAYS ?=
+# RECIPE=paper: the paper's full-scale recipe (README "The paper's recipe"; MODEL=1b, 3b or 8b): the overlay folder
+# experiments/paper on every stage, plus DeepSpeed ZeRO-2 + bf16 and the paper's GPU count (§7.2: 8 A100s for
+# 1B/3B, 16 for 8B; experiments/paper/gpus<N>.yaml) on the LLaMo stages
+RECIPE   ?=
+paper_gpus_1b := 8
+paper_gpus_3b := 8
+paper_gpus_8b := 16
+ifeq ($(RECIPE),paper)
+$(if $(paper_gpus_$(MODEL)),,$(error RECIPE=paper needs MODEL=1b, 3b or 8b, got MODEL=$(MODEL)))
+override OVERLAYS += experiments/paper
+override CONFIGS += experiments/strategies/deepspeed_zero2.yaml experiments/paper/gpus$(paper_gpus_$(MODEL)).yaml
+else ifneq ($(RECIPE),)
+$(error unknown RECIPE=$(RECIPE): use RECIPE=paper, or leave it empty)
+endif
 ARGS     ?=
 LLAMO    := $(PY) -m llamo
 
