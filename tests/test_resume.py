@@ -13,7 +13,9 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +24,7 @@ from kill_switch import KillAfterStep, Killed
 from tiny_llamo import stage_args, stage_workspace
 
 from llamo.checkpoint import load_stage_output
+from llamo.data.retrieval import RetrievalDataModule
 from llamo.motion.synthetic import synthesize
 from llamo.stages.checkpoint_io import AtomicCheckpointIO
 from llamo.stages.cli import cli_main
@@ -124,7 +127,10 @@ def _kill_and_resume(tmp_path: Path, base: list[str], steps: int, kill: int) -> 
         cli_main(args("killed", _overlay(tmp_path / "kill.yaml", kill, sigkill=False)))
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     _mid_epoch(last, kill)
-    cli_main(args("killed", ckpt, f"--ckpt_path={last}"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli_main(args("killed", ckpt, f"--ckpt_path={last}"))
+    assert not [w for w in caught if "data stream layout" in str(w.message)]
     _assert_same_handoff(tmp_path / "full" / "handoff", tmp_path / "killed" / "handoff")
 
 
@@ -165,6 +171,18 @@ def test_evaluator_resumed_mid_epoch_equals_uninterrupted(corpus: Path, tmp_path
         "--data.init_args.max_frames=96",
     ]  # fmt: skip
     _kill_and_resume(tmp_path, base, steps=6, kill=3)
+
+
+def test_resuming_with_another_stream_layout_warns(corpus: Path) -> None:
+    dm = RetrievalDataModule(str(corpus), batch_size=8)
+    saved = dm.state_dict()  # what Lightning writes into the checkpoint
+    assert saved == {"stream": {"seed": 0, "batch_size": 8, "world_size": 1, "accumulate_grad_batches": 1}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dm.load_state_dict(saved)  # the same layout: silent
+    dm.trainer = SimpleNamespace(world_size=2, accumulate_grad_batches=1)  # type: ignore[assignment]
+    with pytest.warns(UserWarning, match="world_size 1 -> 2"):
+        dm.load_state_dict(saved)
 
 
 # -- atomic checkpoint writes ---------------------------------------------------------------------------------------

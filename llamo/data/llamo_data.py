@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from llamo.data.format import FormattedSample, MotionTextBatch, SequenceFormatter, collate_samples
 from llamo.data.latents import LatentSet, build_latents
-from llamo.data.stream import StreamOrder, stream_loader, stream_start
+from llamo.data.stream import StreamOrder, check_stream_layout, stream_layout, stream_loader, stream_start
 from llamo.data.stream import uniform as _uniform
 
 
@@ -144,6 +145,14 @@ class LLaMoDataModule(L.LightningDataModule):
     def _collate(self) -> Callable[[list[FormattedSample]], MotionTextBatch]:
         assert self.formatter is not None
         return functools.partial(collate_samples, pad_id=self.formatter.pad_id)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stream layout (see :func:`~llamo.data.stream.stream_layout`); Lightning stores it in checkpoints."""
+        return {"stream": stream_layout(self.trainer, self.hparams.batch_size, self.hparams.seed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        current = stream_layout(self.trainer, self.hparams.batch_size, self.hparams.seed)
+        check_stream_layout(state_dict.get("stream", {}), current, "LLaMoDataModule")
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None

@@ -10,6 +10,8 @@ run resumed at any step crops exactly what an uninterrupted one does. Validation
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import numpy as np
 import torch
@@ -17,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from llamo.data.humanml272 import MotionCorpus
-from llamo.data.stream import PositionStream, stream_loader, stream_start, uniform
+from llamo.data.stream import PositionStream, check_stream_layout, stream_layout, stream_loader, stream_start, uniform
 from llamo.motion.normalization import Normalizer
 
 MotionBatch = dict[str, Tensor]
@@ -166,6 +168,14 @@ class MotionWindowDataModule(L.LightningDataModule):
                     f"split {hp.val_split!r} of {hp.root} has no clip with at least --data.min_frames="
                     f"{hp.min_frames} frames; lower it or use a larger corpus"
                 )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stream layout (see :func:`~llamo.data.stream.stream_layout`); Lightning stores it in checkpoints."""
+        return {"stream": stream_layout(self.trainer, self.hparams.batch_size, self.hparams.seed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        current = stream_layout(self.trainer, self.hparams.batch_size, self.hparams.seed)
+        check_stream_layout(state_dict.get("stream", {}), current, "MotionWindowDataModule")
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "setup('fit') first"

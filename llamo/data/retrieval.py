@@ -11,6 +11,8 @@ RNG seeded by ``seed`` and the item index, so every epoch (and every process) se
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import numpy as np
 import torch
@@ -18,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from llamo.data.humanml272 import MotionCorpus, crop_to_multiple
-from llamo.data.stream import PositionStream, stream_loader, stream_start
+from llamo.data.stream import PositionStream, check_stream_layout, stream_layout, stream_loader, stream_start
 from llamo.motion.normalization import Normalizer
 
 #: {"motion": (B, T_max, 272) normalised, zero-padded; "lengths": (B,) int64; "texts": list[str]; "ids": list[str]}
@@ -159,6 +161,14 @@ class RetrievalDataModule(L.LightningDataModule):
             persistent_workers=self.hparams.num_workers > 0,
             collate_fn=collate_pairs,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stream layout (see :func:`~llamo.data.stream.stream_layout`); Lightning stores it in checkpoints."""
+        return {"stream": stream_layout(self.trainer, self.hparams.batch_size, self.hparams.seed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        current = stream_layout(self.trainer, self.hparams.batch_size, self.hparams.seed)
+        check_stream_layout(state_dict.get("stream", {}), current, "RetrievalDataModule")
 
     def train_dataloader(self) -> DataLoader:
         if "train" not in self.sets:

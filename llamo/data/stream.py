@@ -15,6 +15,7 @@ DataLoader workers and prefetching read the sampler ahead of training, so only t
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
@@ -103,9 +104,7 @@ def stream_start(trainer: Any, batch_size: int) -> int:
     return int(trainer.global_step) * batch_size * int(trainer.world_size) * int(trainer.accumulate_grad_batches)
 
 
-def stream_loader(
-    dataset: Dataset, batch_size: int, start: Callable[[], int], what: str, **kwargs: Any
-) -> DataLoader:
+def stream_loader(dataset: Dataset, batch_size: int, start: Callable[[], int], what: str, **kwargs: Any) -> DataLoader:
     """Training DataLoader over a stream dataset: full batches only, so each step consumes exactly a batch.
 
     ``what`` names the data (split and flag) in the error raised when one batch is more than the data holds.
@@ -119,3 +118,30 @@ def stream_loader(
     return DataLoader(
         dataset, batch_size=batch_size, sampler=StreamSampler(size, start), drop_last=True, shuffle=False, **kwargs
     )
+
+
+def stream_layout(trainer: Any, batch_size: int, seed: int) -> dict[str, int]:
+    """What a step's stream position depends on besides the step: saved in the checkpoint, compared on resume."""
+    return {
+        "seed": seed,
+        "batch_size": batch_size,
+        "world_size": int(trainer.world_size) if trainer is not None else 1,
+        "accumulate_grad_batches": int(trainer.accumulate_grad_batches) if trainer is not None else 1,
+    }
+
+
+def check_stream_layout(saved: dict[str, Any], current: dict[str, int], what: str) -> None:
+    """Warn when a resumed run's stream layout differs from its checkpoint's (then the resume is not exact).
+
+    A warning, not an error: resuming on another number of devices or with another batch size is a legitimate
+    choice after a preemption, it only gives up replaying the uninterrupted run's samples.
+    """
+    changed = {k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v}
+    if changed:
+        detail = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+        warnings.warn(
+            f"{what}: resuming with a data stream layout other than the checkpoint's ({detail}); training goes on "
+            "but no longer reads the samples the uninterrupted run would. For an exact resume use the checkpoint's "
+            "--data.init_args.seed / batch_size, --trainer.devices / num_nodes and accumulate_grad_batches",
+            stacklevel=2,
+        )
