@@ -3,43 +3,27 @@
 Every clip is encoded once by the frozen VAE (:mod:`llamo.data.latents`, cached on disk per VAE checkpoint).
 Training reads an endless stream of sample *positions*: position ``q`` is clip ``perm_p[q mod N]`` of the
 ``p = q div N``-th shuffled pass, and its task (text-to-motion with probability ``t2m_ratio``, else
-motion-to-text), caption and crop are drawn from a hash of ``(seed, q)``. The stage tells the sampler where
-the stream starts (``global_step x batch size x world size``), so a batch mixes tasks by the stage's ratio and
-a resumed run sees exactly the samples an uninterrupted one would, whatever Lightning's epoch bookkeeping.
+motion-to-text), caption and crop are drawn from a hash of ``(seed, q)``. The sampler reads where the stream
+stands from the trainer's optimiser step whenever an iterator is created (:mod:`llamo.data.stream`), so a batch
+mixes tasks by the stage's ratio and a run resumed at any step, mid-epoch included, sees exactly the samples an
+uninterrupted one would, whatever Lightning's epoch bookkeeping.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from llamo.core.format import FormattedSample, MotionTextBatch, SequenceFormatter, collate_samples
 from llamo.data.latents import LatentSet, build_latents
-
-
-def _uniform(*key: object) -> float:
-    """Deterministic U[0, 1) from a key (stable across processes and Python runs, unlike ``hash``)."""
-    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2**64
-
-
-class PositionSampler(Sampler[int]):
-    """Yields ``size`` consecutive stream positions from ``start`` (set by the stage before every epoch)."""
-
-    def __init__(self, size: int) -> None:
-        self.size, self.start = size, 0
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.start + self.size))
-
-    def __len__(self) -> int:
-        return self.size
+from llamo.data.stream import StreamOrder, check_stream_layout, stream_layout, stream_loader, stream_start
+from llamo.data.stream import uniform as _uniform
 
 
 class MotionTextDataset(Dataset[FormattedSample]):
@@ -60,21 +44,14 @@ class MotionTextDataset(Dataset[FormattedSample]):
             raise ValueError("no clips to train on (the split is empty or every clip was filtered out)")
         self.latents, self.formatter = latents, formatter
         self.t2m_ratio, self.max_latents, self.seed, self.shuffle = t2m_ratio, max_latents, seed, shuffle
-        self._perms: dict[int, list[int]] = {}
+        self._order = StreamOrder(len(latents), seed, shuffle)
 
     def __len__(self) -> int:
         return len(self.latents)
 
     def clip(self, position: int) -> int:
         """Clip index at a stream position: the ``position mod N``-th entry of that pass's permutation."""
-        n = len(self.latents)
-        epoch, offset = divmod(position, n)
-        if not self.shuffle:
-            return offset
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perms = {epoch: torch.randperm(n, generator=g).tolist()}  # one pass at a time is enough
-        return self._perms[epoch][offset]
+        return self._order(position)
 
     def task(self, position: int) -> str:
         """``"t2m"`` or ``"m2t"`` for the sample at this stream position."""
@@ -131,7 +108,6 @@ class LLaMoDataModule(L.LightningDataModule):
         self.formatter: SequenceFormatter | None = None
         self.train_set: MotionTextDataset | None = None
         self.val_set: MotionTextDataset | None = None
-        self._sampler: PositionSampler | None = None
 
     def _latents(self, split: str) -> LatentSet:
         h = self.hparams
@@ -161,31 +137,33 @@ class LLaMoDataModule(L.LightningDataModule):
             self.train_set = MotionTextDataset(
                 self._latents("train"), self.formatter, h.t2m_ratio, h.max_latents, h.seed
             )
-            self._sampler = PositionSampler(len(self.train_set))
         if h.val_split and self.val_set is None:
             self.val_set = MotionTextDataset(
                 self._latents(h.val_split), self.formatter, h.t2m_ratio, h.max_latents, h.seed + 1, shuffle=False
             )
 
-    def set_start(self, global_step: int, world_size: int = 1) -> None:
-        """Called by the stage before every training epoch: the stream continues at the step's position."""
-        assert self._sampler is not None
-        self._sampler.start = global_step * self.hparams.batch_size * world_size
-
     def _collate(self) -> Callable[[list[FormattedSample]], MotionTextBatch]:
         assert self.formatter is not None
         return functools.partial(collate_samples, pad_id=self.formatter.pad_id)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The stream layout (see :func:`~llamo.data.stream.stream_layout`); Lightning stores it in checkpoints."""
+        return {"stream": stream_layout(self.trainer, self.hparams.batch_size, self.hparams.seed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        current = stream_layout(self.trainer, self.hparams.batch_size, self.hparams.seed)
+        check_stream_layout(state_dict.get("stream", {}), current, "LLaMoDataModule")
+
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None
-        # drop_last: every step consumes exactly batch_size positions, so the stream start is step x batch size
-        return DataLoader(
+        h = self.hparams
+        return stream_loader(
             self.train_set,
-            batch_size=self.hparams.batch_size,
-            sampler=self._sampler,
+            h.batch_size,
+            lambda: stream_start(self.trainer, h.batch_size),
+            f"split 'train' of {h.root} (expressive_only={h.expressive_only})",
             collate_fn=self._collate(),
-            num_workers=self.hparams.num_workers,
-            drop_last=True,
+            num_workers=h.num_workers,
         )
 
     def val_dataloader(self) -> DataLoader | list:

@@ -1,12 +1,16 @@
 """Motion-only data for the VAE stage: random fixed-length training windows, whole validation clips.
 
 Training items are random ``window``-frame crops (MotionStreamer: 64 frames, a new random offset every time a clip
-is drawn; clips shorter than the window are left out). Validation items are whole clips cropped to at most
+is drawn; clips shorter than the window are left out), read as a stream keyed by the optimiser step
+(:mod:`llamo.data.stream`): the clip order and every crop offset are functions of ``(seed, stream position)``, so a
+run resumed at any step crops exactly what an uninterrupted one does. Validation items are whole clips cropped to at most
 ``val_max_frames`` frames and to a multiple of the VAE's temporal downsampling, batched with zero padding and
 ``lengths`` so the metrics see every clip at its own length. All motion is normalised with the corpus's Mean/Std.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -15,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from llamo.data.humanml272 import MotionCorpus
+from llamo.data.stream import PositionStream, check_stream_layout, stream_layout, stream_loader, stream_start, uniform
 from llamo.motion.normalization import Normalizer
 
 MotionBatch = dict[str, Tensor]
@@ -24,6 +29,8 @@ class RandomWindows(Dataset):
     """``windows_per_clip`` random ``window``-frame crops per clip and epoch, normalised float32 (window, D).
 
     Clips shorter than ``window`` are left out (MotionStreamer drops them too); ``clips`` says how many remain.
+    Item ``i`` is a crop of clip ``i mod clips``; its offset comes from a key (:meth:`draw`), so training reads
+    it through a :class:`~llamo.data.stream.PositionStream` that keys each crop by its stream position.
     """
 
     def __init__(self, corpus: MotionCorpus, window: int, windows_per_clip: int = 1) -> None:
@@ -40,12 +47,15 @@ class RandomWindows(Dataset):
     def __len__(self) -> int:
         return self.clips * self.windows_per_clip
 
-    def __getitem__(self, index: int) -> Tensor:
+    def draw(self, index: int, key: tuple[int, ...]) -> Tensor:
+        """Window of item ``index`` at the offset drawn from ``key`` (the same key, the same window)."""
         features = self.corpus[int(self.indices[index % self.clips])].features
-        # torch's RNG: DataLoader seeds it per worker and per epoch, so workers do not repeat each other's crops
-        start = int(torch.randint(0, len(features) - self.window + 1, ()))
+        start = int(uniform(*key, "crop") * (len(features) - self.window + 1))
         crop = torch.as_tensor(features[start : start + self.window], dtype=torch.float32)
         return self.normalizer.normalise(crop)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.draw(index, (index,))
 
 
 class WholeClips(Dataset):
@@ -91,6 +101,7 @@ class MotionWindowDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         train_split, val_split: Split names (``split/<name>.txt``).
         skip_invalid: Skip (and count) broken clips instead of raising.
+        seed: Seed of the training stream (clip order and crop offsets, keyed by stream position).
     """
 
     def __init__(
@@ -106,6 +117,7 @@ class MotionWindowDataModule(L.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         skip_invalid: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -125,6 +137,7 @@ class MotionWindowDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.train_set: RandomWindows | None = None
         self.val_set: WholeClips | None = None
+        self._stream: PositionStream[Tensor] | None = None
 
     @property
     def normalizer(self) -> Normalizer:
@@ -156,15 +169,26 @@ class MotionWindowDataModule(L.LightningDataModule):
                     f"{hp.min_frames} frames; lower it or use a larger corpus"
                 )
 
+    def state_dict(self) -> dict[str, Any]:
+        """The stream layout (see :func:`~llamo.data.stream.stream_layout`); Lightning stores it in checkpoints."""
+        return {"stream": stream_layout(self.trainer, self.hparams.batch_size, self.hparams.seed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        current = stream_layout(self.trainer, self.hparams.batch_size, self.hparams.seed)
+        check_stream_layout(state_dict.get("stream", {}), current, "MotionWindowDataModule")
+
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "setup('fit') first"
-        return DataLoader(
-            self.train_set,
-            batch_size=self.hparams.batch_size,
-            shuffle=True,
-            drop_last=len(self.train_set) >= self.hparams.batch_size,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
+        hp = self.hparams
+        if self._stream is None:
+            self._stream = PositionStream(self.train_set, hp.seed)
+        return stream_loader(
+            self._stream,
+            hp.batch_size,
+            lambda: stream_start(self.trainer, hp.batch_size),
+            f"split {hp.train_split!r} of {hp.root} (windows_per_clip={hp.windows_per_clip})",
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
             collate_fn=collate_padded,
         )
 

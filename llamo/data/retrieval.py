@@ -3,12 +3,15 @@
 Items follow MotionStreamer's evaluator training and T2M test protocol (``shared/reference/
 motionstreamer_272_vae_eval.md`` §4.2/§4.4): the whole clip (a random ``max_frames`` window if longer), cropped to a
 multiple of 4 frames by :func:`llamo.data.humanml272.crop_to_multiple` (random offset, sometimes one unit shorter),
-normalised with the corpus Mean/Std, and one of its captions drawn at random. Training draws new crops and captions
-every time; validation/test items are drawn from an RNG seeded by ``seed`` and the item index, so every epoch (and
-every process) sees the same pairs.
+normalised with the corpus Mean/Std, and one of its captions drawn at random. Training reads a stream keyed by the
+optimiser step (:mod:`llamo.data.stream`): clip order, crops and captions are functions of ``(seed, stream
+position)``, new on every pass and identical in a run resumed at any step. Validation/test items are drawn from an
+RNG seeded by ``seed`` and the item index, so every epoch (and every process) sees the same pairs.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -17,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from llamo.data.humanml272 import MotionCorpus, crop_to_multiple
+from llamo.data.stream import PositionStream, check_stream_layout, stream_layout, stream_loader, stream_start
 from llamo.motion.normalization import Normalizer
 
 #: {"motion": (B, T_max, 272) normalised, zero-padded; "lengths": (B,) int64; "texts": list[str]; "ids": list[str]}
@@ -30,7 +34,9 @@ class MotionCaptionPairs(Dataset):
         corpus: clips with captions.
         max_frames: longer clips are cut to a random window of this many frames first.
         multiple: crop length is a multiple of this (the VAE's temporal downsampling; MotionStreamer: 4).
-        seed: ``None`` draws fresh crops and captions on every access (training); an int fixes them per index.
+        seed: ``None`` draws fresh crops and captions on every access; an int fixes them per index. Training reads
+            the pairs through a :class:`~llamo.data.stream.PositionStream`, which keys each draw (:meth:`draw`) by
+            its stream position instead.
     """
 
     def __init__(self, corpus: MotionCorpus, max_frames: int = 300, multiple: int = 4, seed: int | None = None) -> None:
@@ -50,8 +56,14 @@ class MotionCaptionPairs(Dataset):
         return np.random.default_rng((self.seed, index))
 
     def __getitem__(self, index: int) -> tuple[Tensor, str, str]:
+        return self._pair(index, self._rng(index))
+
+    def draw(self, index: int, key: tuple[int, ...]) -> tuple[Tensor, str, str]:
+        """Pair of clip ``index`` with the crop and caption drawn from ``key`` (the same key, the same pair)."""
+        return self._pair(index, np.random.default_rng(key))
+
+    def _pair(self, index: int, rng: np.random.Generator) -> tuple[Tensor, str, str]:
         record = self.corpus[index]
-        rng = self._rng(index)
         features = record.features
         if len(features) > self.max_frames:
             start = int(rng.integers(0, len(features) - self.max_frames + 1))
@@ -80,7 +92,8 @@ class RetrievalDataModule(L.LightningDataModule):
         max_frames: Longer clips are cut to a random window of this many frames (MotionStreamer test: < 300).
         min_frames: Shorter clips are left out (MotionStreamer test: 60; evaluator training: 40).
         multiple: Crops are a multiple of this many frames (MotionStreamer: 4).
-        seed: Seed of the fixed validation/test crops and captions.
+        seed: Seed of the training stream (clip order, crops, captions keyed by stream position) and of the fixed
+            validation/test crops and captions.
         num_workers: DataLoader worker processes.
         train_split, val_split, test_split: Split names (``split/<name>.txt``).
         skip_invalid: Skip (and count) broken clips instead of raising.
@@ -110,6 +123,7 @@ class RetrievalDataModule(L.LightningDataModule):
             )
         self.save_hyperparameters()
         self.sets: dict[str, MotionCaptionPairs] = {}
+        self._stream: PositionStream[tuple[Tensor, str, str]] | None = None
 
     @property
     def normalizer(self) -> Normalizer:
@@ -136,26 +150,45 @@ class RetrievalDataModule(L.LightningDataModule):
                 split = {"train": hp.train_split, "val": hp.val_split, "test": hp.test_split}[part]
                 self.sets[part] = self._pairs(split, None if part == "train" else hp.seed)
 
-    def _loader(self, part: str, train: bool) -> DataLoader:
+    def _loader(self, part: str) -> DataLoader:
         if part not in self.sets:
-            self.setup({"train": "fit", "val": "validate", "test": "test"}[part])
-        dataset = self.sets[part]
+            self.setup({"val": "validate", "test": "test"}[part])
         return DataLoader(
-            dataset,
+            self.sets[part],
             batch_size=self.hparams.batch_size,
-            shuffle=train,
-            # in-batch negatives: a tiny last batch would make the contrastive task trivially easy
-            drop_last=train and len(dataset) >= self.hparams.batch_size,
+            shuffle=False,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
             collate_fn=collate_pairs,
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """The stream layout (see :func:`~llamo.data.stream.stream_layout`); Lightning stores it in checkpoints."""
+        return {"stream": stream_layout(self.trainer, self.hparams.batch_size, self.hparams.seed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        current = stream_layout(self.trainer, self.hparams.batch_size, self.hparams.seed)
+        check_stream_layout(state_dict.get("stream", {}), current, "RetrievalDataModule")
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        if "train" not in self.sets:
+            self.setup("fit")
+        hp = self.hparams
+        if self._stream is None:
+            self._stream = PositionStream(self.sets["train"], hp.seed)
+        # in-batch negatives: full batches only (a tiny last batch would make the contrastive task trivially easy)
+        return stream_loader(
+            self._stream,
+            hp.batch_size,
+            lambda: stream_start(self.trainer, hp.batch_size),
+            f"split {hp.train_split!r} of {hp.root} (min_frames={hp.min_frames})",
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+            collate_fn=collate_pairs,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return self._loader("test")

@@ -1,4 +1,5 @@
-"""The small base every stage LightningModule shares: the ``core`` attribute, handoff hooks, finite-loss guard."""
+"""The small base every stage LightningModule shares: the ``core`` attribute, handoff hooks, finite-loss guard,
+and the per-step reseeding of the global RNG that makes a resumed run draw the same noise as an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
+
+from llamo.data.stream import uniform
 
 
 class NonFiniteLossError(RuntimeError):
@@ -18,6 +21,12 @@ class StageModule(L.LightningModule):
 
     Subclasses build their model under ``self.core`` (the same attribute name in every stage so state-dict
     prefixes line up), implement :meth:`core_config` and may narrow :meth:`handoff_excluded_prefixes`.
+
+    Before every training batch the global torch RNG (CPU and CUDA) is reseeded from ``(hparams.seed, global step,
+    batch index, rank)``: dropout and any noise drawn without an explicit generator (the VAE's latent noise) are then
+    a function of the step, like the data stream (:mod:`llamo.data.stream`). The RNG state is not in Lightning's
+    checkpoint, so without this a run resumed from ``last.ckpt`` would continue from ``seed_everything``'s state
+    instead of where the killed run was.
     """
 
     #: short name written into stage outputs ("vae", "align", ...)
@@ -31,6 +40,14 @@ class StageModule(L.LightningModule):
     def handoff_excluded_prefixes(self) -> list[str]:
         """State-dict prefixes of ``self.core`` not written to the handoff (e.g. the frozen base LLM)."""
         return []
+
+    def step_seed(self, batch_idx: int) -> int:
+        """Seed of the global RNG for this training batch (63 bits, from ``hparams.seed``, step, batch, rank)."""
+        seed = int(self.hparams.get("seed", 0))
+        return int(uniform(seed, self.global_step, batch_idx, self.global_rank, "global-rng") * 2**63)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(self.step_seed(batch_idx))
 
     def check_finite(self, losses: dict[str, torch.Tensor]) -> None:
         """Stop training with a clear message when any loss term is NaN/Inf (instead of training on it)."""

@@ -46,6 +46,8 @@ class EvaluatorStage(StageModule):
         warmup_steps: Linear warm-up steps.
         min_lr_ratio: Final learning rate of the cosine schedule, relative to ``lr``.
         group_size: R-precision group size in validation/test (the split needs at least this many clips).
+        seed: Seed of the per-step dropout (the global RNG is reseeded from it and the step before every training
+            batch, so a resumed run draws the same masks as an uninterrupted one).
     """
 
     stage_name = "evaluator"
@@ -60,6 +62,7 @@ class EvaluatorStage(StageModule):
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.0,
         group_size: int = GROUP_SIZE,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -114,12 +114,6 @@ class LLaMoStage(StageModule):
 
     # -- steps ---------------------------------------------------------------------------------------------
 
-    def on_train_epoch_start(self) -> None:
-        # the data stream position follows the optimiser step, so resumed runs replay nothing and skip nothing
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "set_start"):
-            datamodule.set_start(self.global_step, self.trainer.world_size)
-
     def _generator(self, offset: int = 0) -> torch.Generator:
         g = torch.Generator(device=self.device)
         g.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * 101 + offset)

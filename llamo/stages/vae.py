@@ -36,6 +36,8 @@ class VAEStage(StageModule):
         lambda_root: Weight of the root reconstruction term (MotionStreamer: 7).
         kl_weight: Weight of the KL term (see :meth:`CausalMotionVAE.loss`).
         val_sample: Decode a sampled ``z`` in validation like MotionStreamer's protocol (False: decode ``mu``).
+        seed: Seed of the per-step latent noise (the global RNG is reseeded from it and the step before every
+            training batch, so a resumed run draws the same noise as an uninterrupted one).
     """
 
     stage_name = "vae"
@@ -51,6 +53,7 @@ class VAEStage(StageModule):
         lambda_root: float = 7.0,
         kl_weight: float = 1.0,
         val_sample: bool = True,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
