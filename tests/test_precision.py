@@ -18,7 +18,7 @@ from transformers import DynamicCache
 
 from llamo.core.model import LLaMo
 from llamo.stages.cli import cli_main
-from llamo.stages.precision import check_fp32_master
+from llamo.stages.precision import check_fp32_master, check_fsdp1_uniform_dtype
 
 BF16 = "--model.init_args.core.llm.dtype=bfloat16"
 STAGE3_LR = 1e-5
@@ -224,3 +224,15 @@ def test_deepspeed_half_precision_counts_as_an_fp32_master() -> None:
     with pytest.raises(ValueError, match="llm.dtype"):
         check_fp32_master(trainable, "bf16-mixed", DDPStrategy(), mot=False, llm_dtype="bfloat16")
     check_fp32_master([("flow_head.null_cond", torch.float32)], "bf16-mixed", DDPStrategy(), True, "bfloat16")
+
+
+def test_fsdp1_with_a_bf16_base_is_refused() -> None:
+    """FSDP1 needs one dtype per flat parameter (checked without a GPU: Lightning runs FSDP1 on CUDA only)."""
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    model = _tiny(torch.bfloat16)
+    dtypes = [p.dtype for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"llm\.dtype=float32"):
+        check_fsdp1_uniform_dtype(dtypes, FSDPStrategy())
+    check_fsdp1_uniform_dtype(dtypes, DDPStrategy())  # DDP (and FSDP2) take mixed dtypes
+    check_fsdp1_uniform_dtype([p.dtype for p in _tiny(torch.float32).parameters()], FSDPStrategy())

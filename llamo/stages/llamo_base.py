@@ -20,7 +20,7 @@ from torch import nn
 from llamo.core.model import LLaMo, LLaMoConfig
 from llamo.data.format import MotionTextBatch, SequenceFormatter
 from llamo.stages.base import StageModule
-from llamo.stages.precision import HALF_TRUE_PRECISIONS, check_fp32_master
+from llamo.stages.precision import HALF_TRUE_PRECISIONS, check_fp32_master, check_fsdp1_uniform_dtype
 from llamo.stages.schedules import ScheduleName, lr_factor
 
 #: paper §7.2: AdamW with betas (0.9, 0.95)
@@ -103,6 +103,7 @@ class LLaMoStage(StageModule):
         if stage == "fit":
             # `*-true` half precisions cast the whole module after this hook (Strategy.setup -> convert_module)
             self._check_precision(HALF_TRUE_PRECISIONS.get(str(self.trainer.precision)))
+            check_fsdp1_uniform_dtype((p.dtype for p in self.core.parameters()), self.trainer.strategy)
 
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams

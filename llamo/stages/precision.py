@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["HALF_TRUE_PRECISIONS", "check_fp32_master", "strategy_keeps_fp32_master"]
+__all__ = ["HALF_TRUE_PRECISIONS", "check_fp32_master", "check_fsdp1_uniform_dtype", "strategy_keeps_fp32_master"]
 
 #: Lightning precisions that cast the whole module to a half dtype (`HalfPrecision.convert_module`)
 HALF_TRUE_PRECISIONS = {"bf16-true": torch.bfloat16, "16-true": torch.float16}
@@ -67,3 +67,20 @@ def check_fp32_master(
         "`model.init_args.core.llm.dtype: float32` (bf16 checkpoint weights upcast exactly; keep "
         f"`trainer.precision: bf16-mixed` for bf16 compute), {deepspeed}"
     )
+
+
+def check_fsdp1_uniform_dtype(dtypes: Iterable[torch.dtype], strategy: object) -> None:
+    """FSDP1 (`FSDPStrategy`, strategies/fsdp.yaml) flattens each wrap unit into ONE flat parameter of one dtype
+    (torch's `_validate_tensors_to_flatten`: "Must flatten tensors with uniform dtype"); its root unit holds the
+    frozen base's attention/norms/embedding and the float32 twins and heads together. Raise a ValueError naming
+    the fix instead of FSDP's error when a bf16/fp16 base meets the float32 trainables."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    found = sorted({str(d).removeprefix("torch.") for d in dtypes})
+    if isinstance(strategy, FSDPStrategy) and len(found) > 1:
+        raise ValueError(
+            f"model.init_args.core.llm.dtype: the model holds {found} parameters, but FSDP1 (strategies/fsdp.yaml) "
+            "needs one dtype per flat parameter and the trainable modules are float32 masters. Fix: add "
+            "`--model.init_args.core.llm.dtype=float32` (FSDP's bf16 mixed precision computes with the exact "
+            "bf16 values again), or use experiments/strategies/fsdp2.yaml (FSDP2 shards mixed dtypes)"
+        )
