@@ -1,5 +1,6 @@
 """Stage 2 with 2 CPU processes (gloo) under DDP and FSDP2: the handoff written afterwards holds full,
-unsharded weights that load strictly into a single-process model and equal the trained checkpoint."""
+unsharded weights that load strictly into a single-process model and equal the trained checkpoint. Also on a
+bf16 base (precision policy, issue 12): the trainable weights stay float32 masters through the strategy."""
 
 from __future__ import annotations
 
@@ -23,21 +24,25 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return stage_workspace(tmp_path_factory.mktemp("dist"))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_two_process_stage2_hands_off_full_weights(workspace: dict[str, Path], strategy: str) -> None:
+def test_two_process_stage2_hands_off_full_weights(workspace: dict[str, Path], strategy: str, dtype: str) -> None:
+    llm_dtype = f"--model.init_args.core.llm.dtype={dtype}"
+    out = f"{strategy}_{dtype}"
     args = stage_args(
-        workspace, 2, strategy, "--config", str(EXPERIMENTS / "strategies" / f"{strategy}.yaml"),
-        "--trainer.accelerator=cpu", "--trainer.devices=2", steps=3,
+        workspace, 2, out, "--config", str(EXPERIMENTS / "strategies" / f"{strategy}.yaml"),
+        "--trainer.accelerator=cpu", "--trainer.devices=2", llm_dtype, steps=3,
     )  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     run = subprocess.run([sys.executable, "-m", "llamo", *args], capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "MEMBER: 2/2" in run.stdout + run.stderr  # really two processes
 
-    handoff = load_stage_output(workspace["root"] / strategy / "handoff")
+    handoff = load_stage_output(workspace["root"] / out / "handoff")
     assert handoff.stage == "stage2"
+    assert {v.dtype for v in handoff.state_dict.values()} == {torch.float32}  # fp32 masters, whatever the base
     # a fresh single-process model of the same config takes the file strictly (full shapes, every key)
-    single = cli_main(stage_args(workspace, 2, f"{strategy}_single", steps=0)[1:], run=False).model
+    single = cli_main(stage_args(workspace, 2, f"{out}_single", llm_dtype, steps=0)[1:], run=False).model
     fresh = {k: v.clone() for k, v in single.core.state_dict().items()}
     load_stage_weights(single.core, handoff, expected_config=single.core_config(), expected_kind="LLaMo")
     state = single.core.state_dict()
@@ -47,8 +52,10 @@ def test_two_process_stage2_hands_off_full_weights(workspace: dict[str, Path], s
     assert trained and any(not torch.equal(fresh[k], state[k]) for k in trained)  # it did train
 
     # and equals the trained weights in the run's own checkpoint
-    ckpt = torch.load(
-        workspace["root"] / strategy / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
+    ckpt = torch.load(workspace["root"] / out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     for key, value in handoff.state_dict.items():
-        assert torch.equal(ckpt["state_dict"][f"core.{key}"].to(value.dtype), value), key
+        assert ckpt["state_dict"][f"core.{key}"].dtype == torch.float32, key
+        assert torch.equal(ckpt["state_dict"][f"core.{key}"], value), key
+    # the optimizer states of every trainable tensor are float32 too
+    states = [s for s in ckpt["optimizer_states"][0]["state"].values()]
+    assert states and {s[k].dtype for s in states for k in ("exp_avg", "exp_avg_sq")} == {torch.float32}

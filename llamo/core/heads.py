@@ -68,7 +68,9 @@ class _MLPNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_last_dim(x, self._owner, "inputs", self._in_name, self.in_dim)
-        return self.norm(self.fc2(self.act(self.fc1(x))))
+        # inputs may come in the base LLM's dtype (bf16); the weights are float32 masters
+        h = self.fc2(self.act(self.fc1(x.to(self.fc1.weight.dtype))))  # bf16 under autocast
+        return self.norm(h.to(self.norm.weight.dtype))  # the norm in its weight's dtype (no mixed-dtype rms_norm)
 
 
 class MotionAdapter(_MLPNorm):
@@ -262,15 +264,16 @@ class FlowHead(nn.Module):
             t = t.expand(lead)
         if t.shape != lead:
             raise ValueError(f"FlowHead: t has shape {tuple(t.shape)}, expected a scalar or {tuple(lead)}")
-        x = x_t.reshape(-1, x_t.shape[-1])  # (N, latent_dim)
-        y = self.time_embed(t.reshape(-1)) + self.cond_embed(cond.reshape(-1, cond.shape[-1]))  # (N, W)
+        dtype = self.input_proj.weight.dtype  # inputs may come in another dtype (a bf16 base's hidden states)
+        x = x_t.reshape(-1, x_t.shape[-1]).to(dtype)  # (N, latent_dim)
+        y = self.time_embed(t.reshape(-1)) + self.cond_embed(cond.reshape(-1, cond.shape[-1]).to(dtype))  # (N, W)
         h = self.input_proj(x)
         for block in self.blocks:
             if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 h = checkpoint(block, h, y, use_reentrant=False)
             else:
                 h = block(h, y)
-        return self.final_layer(h, y).reshape(x_t.shape)
+        return self.final_layer(h, y).reshape(x_t.shape).to(x_t.dtype)
 
     def forward(self, x_t: Tensor, t: Tensor | float, cond: Tensor) -> Tensor:
         """Same as `velocity`."""
@@ -379,14 +382,15 @@ class FlowHead(nn.Module):
         _check_last_dim(cond, "FlowHead", "cond", "cond_dim", self.config.cond_dim)
         lead = cond.shape[:-1]
         cond_flat = cond.reshape(-1, cond.shape[-1])  # (N, C)
-        n, device, dtype = cond_flat.shape[0], cond.device, cond.dtype
+        n, device, dtype = cond_flat.shape[0], cond.device, self.input_proj.weight.dtype  # the head's dtype
+        cond_flat = cond_flat.to(dtype)
         guided = scale != 1.0 or uncond is not None
         rows = cond_flat
         if guided:
             if uncond is None:
                 uncond_flat = self.null_cond.to(dtype).expand_as(cond_flat)
             else:
-                uncond_flat = uncond.reshape(-1, uncond.shape[-1])
+                uncond_flat = uncond.reshape(-1, uncond.shape[-1]).to(dtype)
                 if uncond_flat.shape != cond_flat.shape:
                     raise ValueError(
                         f"FlowHead: uncond {tuple(uncond.shape)} must have the shape of cond {tuple(cond.shape)}"
@@ -415,7 +419,7 @@ class FlowHead(nn.Module):
                     v_cond, v_uncond = v.chunk(2)
                     v = v_uncond + scale * (v_cond - v_uncond)
                 x.add_(v, alpha=dt)
-        return x.to(dtype).reshape(*lead, self.config.latent_dim)
+        return x.to(cond.dtype).reshape(*lead, self.config.latent_dim)
 
     def _modulations(self, time_embedding: Tensor, cond_embedding: Tensor) -> list[Tensor]:
         """adaLN ``(shift, 1 + scale, gate)`` of every block and ``(shift, 1 + scale)`` of the final layer for
@@ -503,7 +507,7 @@ class ExitHead(nn.Module):
     def forward(self, hidden: Tensor) -> Tensor:
         """Exit logits ``(...)`` for hidden states ``(..., hidden_size)``."""
         _check_last_dim(hidden, "ExitHead", "hidden states", "hidden_size", self.config.hidden_size)
-        return self.mlp(hidden).squeeze(-1)
+        return self.mlp(hidden.to(self.mlp[0].weight.dtype)).squeeze(-1)  # hidden may be the base's bf16
 
     def loss(self, logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
         """BCE-with-logits (positive weight ``pos_weight``) averaged over positions where ``mask`` is True.

@@ -10,9 +10,10 @@ Three ways to get a `LlamaForCausalLM` (chosen by `LLMConfig`):
   parameter counting on the meta device).
 
 `AddedTokenRows` appends [BOM]/[EOM] to the vocabulary WITHOUT touching the base model: the two new input rows
-(and output rows when the embeddings are untied) live in their own parameters, initialised to the mean of the
-existing rows (paper §7.2). The base embedding and LM head stay frozen and bit-identical, the new rows train,
-and weight decay can never reach a frozen row (which a gradient mask on the full matrix would not prevent).
+(and output rows when the embeddings are untied) live in their own float32 parameters (trainable master weights,
+also on a bf16 base), initialised to the mean of the existing rows (paper §7.2). The base embedding and LM head
+stay frozen and bit-identical, the new rows train, and weight decay can never reach a frozen row (which a gradient
+mask on the full matrix would not prevent).
 """
 
 from __future__ import annotations
@@ -324,7 +325,8 @@ class AddedTokenRows(nn.Module):
 
     ``input_rows (n, H)`` are the new input embeddings; ``output_rows (n, H)`` the new LM-head rows when the base
     model has untied embeddings (tied: the input rows are also the output rows, like the base). Both start as
-    the mean of the corresponding base matrix (paper §7.2: "initialized from the mean of the language codebook").
+    the mean of the corresponding base matrix (paper §7.2: "initialized from the mean of the language codebook"),
+    held in float32 whatever the base dtype (they train; `embed`/`logits` cast them to the base's dtype).
     The base `embed_tokens` / `lm_head` are passed in at call time, never registered here, so their parameters
     keep a single owner.
     """
@@ -341,7 +343,7 @@ class AddedTokenRows(nn.Module):
 
     @staticmethod
     def _mean_rows(weight: Tensor, n: int) -> Tensor:
-        mean = weight.detach().float().mean(0, keepdim=True).to(weight.dtype)  # (1, H)
+        mean = weight.detach().float().mean(0, keepdim=True)  # (1, H) float32
         return mean.repeat(n, 1).contiguous()
 
     @property

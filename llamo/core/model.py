@@ -13,6 +13,12 @@ positions (`llamo.core.format` builds the masks). Input latents of generated spa
 
 ``mot=False`` is the paper's "w/o MoT" ablation (Table 5): no twins, every token runs through the base model's
 own layers, all of which train; adapter, heads, tokens and losses are unchanged.
+
+Precision: ``llm.dtype`` sets the base model's dtype only. Everything that can train under MoT (motion twins,
+[BOM]/[EOM] rows, adapter, projector, flow head, exit head) is held in float32 whatever it is, so these are the
+fp32 master weights the optimiser updates; with a bf16 base they read bf16 activations and cast them on the way
+in (see `llamo.core.mot` for the shared attention). With ``mot=False`` the base model itself trains in its own
+dtype: the stages refuse a bf16/fp16 one (`llamo.stages.precision`).
 """
 
 from __future__ import annotations
@@ -169,7 +175,11 @@ class ParameterCounts:
 
 
 class LLaMo(nn.Module):
-    """The unified motion-language model (see the module docstring). ``llm`` may be passed pre-built."""
+    """The unified motion-language model (see the module docstring). ``llm`` may be passed pre-built.
+
+    The base model keeps its dtype (``config.llm.dtype``); every other module is float32 (see "Precision" in the
+    module docstring).
+    """
 
     def __init__(
         self, config: LLaMoConfig, llm: LlamaForCausalLM | None = None, device: str | torch.device | None = None
@@ -186,15 +196,15 @@ class LLaMo(nn.Module):
                 param.requires_grad_(True)
         self.mot.gradient_checkpointing = config.gradient_checkpointing
         hidden = llm.config.hidden_size
-        dtype = next(llm.parameters()).dtype
+        # trainable modules are built in float32 (the default dtype) whatever the base's dtype: fp32 master weights
         with torch.device(device or next(llm.parameters()).device):
             self.added_tokens = AddedTokenRows(llm, num_tokens=2)
             self.adapter = MotionAdapter(config.latent_dim, hidden, eps=llm.config.rms_norm_eps)
             self.projector = MotionProjector(hidden, config.cond_dim, eps=llm.config.rms_norm_eps)
             self.flow_head = FlowHead(config.flow_head_config())
             self.exit_head = ExitHead(config.exit_head_config(hidden))
-        for module in (self.adapter, self.projector, self.flow_head, self.exit_head):
-            module.to(dtype)
+        for module in (self.added_tokens, self.adapter, self.projector, self.flow_head, self.exit_head):
+            module.float()  # also under a non-fp32 torch default dtype (e.g. Lightning's bf16-true init context)
 
     # -- vocabulary ------------------------------------------------------------------------------------
 
@@ -262,7 +272,7 @@ class LLaMo(nn.Module):
         embeds = self.added_tokens.embed(text_ids, self.llm.get_input_embeddings())
         if not slots:
             return embeds
-        motion = self.adapter(latents.to(embeds.dtype))  # (M, H)
+        motion = self.adapter(latents).to(embeds.dtype)  # (M, H): the residual stream is in the base's dtype
         return embeds.masked_scatter(motion_mask[..., None], motion)
 
     def forward(

@@ -21,6 +21,15 @@ Fast paths decided from host-side knowledge (no device sync beyond building the 
 With ``enabled=False`` (the paper's "w/o MoT" ablation) there are no twins: every token takes the base model's
 dense path, so the same code trains one shared, fully fine-tuned branch.
 
+Precision: the twins are trainable, so they are held in ``motion_dtype`` (float32 by default: the master weights
+AdamW updates; a bf16 copy would round most small updates away) while the frozen text branch keeps the base
+model's dtype (e.g. bfloat16). The residual stream, the shared attention and the KV cache stay in the text
+branch's dtype: each motion module casts its rows to the twins' dtype on the way in and its result back on the
+way out. Under autocast (``trainer.precision: bf16-mixed``) the matmuls run in bf16 anyway and these casts only
+decide the dtype of the elementwise ops (norms, residual adds); without autocast (a bf16 base under
+``precision: 32-true``) they make the mixed layer run at all, and the text rows never see a cast, so the text path
+is the base model's own bf16 computation.
+
 Sharding note: a mixed layer calls the text and motion layers' sub-modules directly (not their ``forward``), so
 FSDP must not use `LlamaDecoderLayer` as its wrap unit for this model (its pre-forward hooks would not gather the
 parameters); DDP and DeepSpeed ZeRO-2 (the paper's setup, parameters not sharded) are unaffected.
@@ -175,10 +184,12 @@ class MoTLlama(nn.Module):
 
     Attributes: ``llm`` (the base model, untouched), ``motion_layers`` (one deep-copied `LlamaDecoderLayer`
     per base layer; only its norms, projections and MLP are used, the attention op is the shared one) and
-    ``motion_norm`` (deep copy of the final norm). Neither twin exists when ``enabled=False``.
+    ``motion_norm`` (deep copy of the final norm). Neither twin exists when ``enabled=False``. The twins are
+    stored in ``motion_dtype`` (float32: trainable master weights, see the module docstring); copying a bf16
+    base into float32 is exact, so at initialisation the twins hold the text branch's values.
     """
 
-    def __init__(self, llm: LlamaForCausalLM, enabled: bool = True) -> None:
+    def __init__(self, llm: LlamaForCausalLM, enabled: bool = True, motion_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.llm = llm
         self.enabled = enabled
@@ -187,8 +198,8 @@ class MoTLlama(nn.Module):
         self.motion_norm: nn.Module | None = None
         self._packed: PackedMotionWeights | None = None  # see `packed_motion_weights`
         if enabled:
-            self.motion_layers = nn.ModuleList(copy.deepcopy(layer) for layer in llm.model.layers)
-            self.motion_norm = copy.deepcopy(llm.model.norm)
+            self.motion_layers = nn.ModuleList(copy.deepcopy(layer) for layer in llm.model.layers).to(motion_dtype)
+            self.motion_norm = copy.deepcopy(llm.model.norm).to(motion_dtype)
             for twin in self.motion_layers:
                 twin.gradient_checkpointing = False
 
@@ -196,6 +207,12 @@ class MoTLlama(nn.Module):
     def text_layers(self) -> nn.ModuleList:
         """The base model's decoder layers (the text branch)."""
         return self.llm.model.layers
+
+    @property
+    def text_dtype(self) -> torch.dtype:
+        """Dtype of the text branch's weights as the forward sees them: the residual stream, the shared attention
+        and the KV cache run in it."""
+        return self.llm.model.embed_tokens.weight.dtype
 
     def text_parameters(self) -> list[nn.Parameter]:
         """Parameters of the base model (embedding, layers, final norm, LM head)."""
@@ -285,8 +302,9 @@ class MoTLlama(nn.Module):
                 )
 
         text_rows, motion_rows = routing.gather(hidden)
-        hidden = routing.scatter(model.norm(text_rows), self.motion_norm(motion_rows))
-        return MoTOutput(hidden, cache)
+        text_out = model.norm(text_rows)
+        motion_out = self.motion_norm(motion_rows.to(self.motion_norm.weight.dtype)).to(text_out.dtype)
+        return MoTOutput(routing.scatter(text_out, motion_out), cache)
 
     def motion_forward(
         self,
@@ -308,6 +326,10 @@ class MoTLlama(nn.Module):
 
         ``packed`` (from `packed_motion_weights`) runs the same layers with the fused ``(in, out)`` Q/K/V and
         gate/up weights: equal up to floating-point rounding, faster batch-1 steps on a CPU.
+
+        ``inputs_embeds`` are cast to the text branch's dtype (`text_dtype`), as `LLaMo.embed` casts motion slots:
+        the KV cache the prefill wrote holds that dtype. When the twins' dtype differs (float32 twins on a bf16
+        base), each layer runs through `_motion_layer`, which casts around the shared attention.
         """
         if packed is not None and not self.enabled:
             raise ValueError("packed motion weights need the motion twins; this MoTLlama was built with enabled=False")
@@ -320,13 +342,15 @@ class MoTLlama(nn.Module):
                 use_cache=use_cache,
             ).last_hidden_state
         assert self.motion_layers is not None and self.motion_norm is not None
+        inputs_embeds = inputs_embeds.to(self.text_dtype)
         position_ids, causal_mask, position_embeddings = self._prepare(
             inputs_embeds, attention_mask, position_ids, cache
         )
         hidden = inputs_embeds
+        motion_dtype = self.motion_norm.weight.dtype
         for i, motion_layer in enumerate(self.motion_layers):
-            if packed is not None:
-                hidden = _packed_motion_layer(motion_layer, packed, i, hidden, causal_mask, position_embeddings, cache)
+            if packed is not None or motion_dtype != hidden.dtype:
+                hidden = _motion_layer(motion_layer, packed, i, hidden, causal_mask, position_embeddings, cache)
                 continue
             hidden = motion_layer(
                 hidden,
@@ -336,7 +360,7 @@ class MoTLlama(nn.Module):
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
             )
-        return self.motion_norm(hidden)
+        return self.motion_norm(hidden.to(motion_dtype)).to(inputs_embeds.dtype)
 
     def _prepare(
         self, inputs_embeds: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None, cache: Cache | None
@@ -372,6 +396,11 @@ def _mixed_layer(
     Per layer: one gather of the residual stream, one scatter of Q/K/V into sequence order, the shared
     attention, one gather of its output, and one scatter of the layer output. Residual adds, the
     post-attention norm and the MLP stay in the gathered (per-modality) layout.
+
+    Dtypes: the text rows run exactly as in the base layer. The motion rows are cast to the twins' dtype (float32
+    master weights) for their norms, projections, MLP and residual adds; their Q/K/V join the shared attention
+    in the dtype of the text Q/K/V (the base dtype, or bf16 under autocast), and the layer output goes back to
+    the residual stream's dtype. All casts are no-ops when both branches share one dtype.
     """
     batch, length, _ = hidden.shape
     attn_t, attn_m = text.self_attn, motion.self_attn
@@ -379,12 +408,14 @@ def _mixed_layer(
     q_width = attn_t.q_proj.out_features
     kv_width = attn_t.k_proj.out_features
 
+    motion_dtype = motion.input_layernorm.weight.dtype
     res_t, res_m = routing.gather(hidden)  # (N_t, H), (N_m, H)
+    res_m = res_m.to(motion_dtype)
     x_t = text.input_layernorm(res_t)
     x_m = motion.input_layernorm(res_m)
     qkv_t = torch.cat([attn_t.q_proj(x_t), attn_t.k_proj(x_t), attn_t.v_proj(x_t)], dim=-1)
     qkv_m = torch.cat([attn_m.q_proj(x_m), attn_m.k_proj(x_m), attn_m.v_proj(x_m)], dim=-1)
-    qkv = routing.scatter(qkv_t, qkv_m)  # (B, T, q_width + 2 * kv_width)
+    qkv = routing.scatter(qkv_t, qkv_m.to(qkv_t.dtype))  # (B, T, q_width + 2 * kv_width)
     q, k, v = qkv.split([q_width, kv_width, kv_width], dim=-1)
     q = q.reshape(batch, length, -1, head_dim).transpose(1, 2)  # (B, heads, T, head_dim)
     k = k.reshape(batch, length, -1, head_dim).transpose(1, 2)  # (B, kv_heads, T, head_dim)
@@ -410,29 +441,37 @@ def _mixed_layer(
     attn_out = attn_out.reshape(batch, length, -1)  # (B, T, heads * head_dim)
     o_t, o_m = routing.gather(attn_out)
     mid_t = res_t + attn_t.o_proj(o_t)
-    mid_m = res_m + attn_m.o_proj(o_m)
+    mid_m = res_m + attn_m.o_proj(o_m.to(motion_dtype))
     out_t = mid_t + text.mlp(text.post_attention_layernorm(mid_t))
     out_m = mid_m + motion.mlp(motion.post_attention_layernorm(mid_m))
-    return routing.scatter(out_t, out_m)
+    return routing.scatter(out_t, out_m.to(out_t.dtype))
 
 
-def _packed_motion_layer(
+def _motion_layer(
     layer: LlamaDecoderLayer,
-    packed: PackedMotionWeights,
+    packed: PackedMotionWeights | None,
     index: int,
     hidden: Tensor,
     causal_mask: Tensor | None,
     position_embeddings: tuple[Tensor, Tensor],
     cache: Cache | None,
 ) -> Tensor:
-    """`LlamaDecoderLayer.forward` of motion twin ``index`` (eval mode) with its Q/K/V and gate/up projections
-    read from ``packed`` (`PackedMotionWeights`); the norms, RoPE, cache update, attention kernel, output and down
-    projections are the layer's own."""
+    """`LlamaDecoderLayer.forward` of motion twin ``index`` on motion-only rows, written out so that dtypes can
+    differ: the norms, projections, MLP and residual adds run in the twin's dtype, the RoPE, cache update and
+    attention kernel in ``hidden``'s (the text branch's, which the KV cache holds), the output goes back to
+    ``hidden``'s dtype. With ``packed`` (`PackedMotionWeights`) the Q/K/V and gate/up projections read the fused
+    ``(in, out)`` weights; the output and down projections are the layer's own."""
     batch, length, _ = hidden.shape
     attn, mlp = layer.self_attn, layer.mlp
+    dtype = layer.input_layernorm.weight.dtype
+    residual = hidden.to(dtype)
+    x = layer.input_layernorm(residual)
+    if packed is None:
+        qkv = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
+    else:
+        qkv = _matmul_in_out(x, packed.qkv[index], packed.qkv_bias[index])
     q_width, kv_width = attn.q_proj.out_features, attn.k_proj.out_features
-    qkv = _matmul_in_out(layer.input_layernorm(hidden), packed.qkv[index], packed.qkv_bias[index])
-    q, k, v = qkv.split([q_width, kv_width, kv_width], dim=-1)
+    q, k, v = qkv.to(hidden.dtype).split([q_width, kv_width, kv_width], dim=-1)
     q = q.reshape(batch, length, -1, attn.head_dim).transpose(1, 2)  # (B, heads, T, head_dim)
     k = k.reshape(batch, length, -1, attn.head_dim).transpose(1, 2)  # (B, kv_heads, T, head_dim)
     v = v.reshape(batch, length, -1, attn.head_dim).transpose(1, 2)
@@ -443,11 +482,17 @@ def _packed_motion_layer(
     attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
         attn.config._attn_implementation, eager_attention_forward
     )
-    attn_out, _ = attention(attn, q, k, v, causal_mask, dropout=0.0, scaling=attn.scaling)
-    hidden = hidden + attn.o_proj(attn_out.reshape(batch, length, -1))
-    gate_up = _matmul_in_out(layer.post_attention_layernorm(hidden), packed.gate_up[index], packed.gate_up_bias[index])
-    gate, up = gate_up.chunk(2, dim=-1)
-    return hidden + mlp.down_proj(mlp.act_fn(gate) * up)
+    dropout = 0.0 if not attn.training else attn.attention_dropout
+    attn_out, _ = attention(attn, q, k, v, causal_mask, dropout=dropout, scaling=attn.scaling)
+    residual = residual + attn.o_proj(attn_out.reshape(batch, length, -1).to(dtype))
+    x = layer.post_attention_layernorm(residual)
+    if packed is None:
+        out = mlp(x)
+    else:
+        gate_up = _matmul_in_out(x, packed.gate_up[index], packed.gate_up_bias[index])
+        gate, up = gate_up.chunk(2, dim=-1)
+        out = mlp.down_proj(mlp.act_fn(gate) * up)
+    return (residual + out).to(hidden.dtype)
 
 
 def _matmul_in_out(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -4,6 +4,10 @@ A stage declares its trainable parameter groups (``backbone``: motion branch, ad
 rows; ``heads``: flow head, exit head) via :meth:`LLaMoStage.trainable_groups`; everything else is frozen.
 Each group gets its own learning-rate schedule (Table 1 has distinct AR and head schedulers) through one
 ``LambdaLR`` with a factor per group. Loss weights lambda1 (NTP) and lambda2 (End) are stage arguments.
+
+Precision: every trainable tensor must reach the optimizer in float32 (or under a strategy with float32
+masters); `llamo.stages.precision.check_fp32_master` refuses anything else, first in ``setup`` (before any
+conversion or wrapping) and again in ``configure_optimizers`` on the dtypes the optimizer actually gets.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from torch import nn
 from llamo.core.format import MotionTextBatch, SequenceFormatter
 from llamo.core.model import LLaMo, LLaMoConfig
 from llamo.stages.base import StageModule
+from llamo.stages.precision import HALF_TRUE_PRECISIONS, check_fp32_master, check_fsdp1_uniform_dtype
 from llamo.stages.schedules import ScheduleName, lr_factor
 
 #: paper §7.2: AdamW with betas (0.9, 0.95)
@@ -81,8 +86,28 @@ class LLaMoStage(StageModule):
             for p in params:
                 p.requires_grad_(True)
 
+    def _trainable_dtypes(self, cast_to: torch.dtype | None = None) -> list[tuple[str, torch.dtype]]:
+        """``(name, dtype)`` of every trainable parameter of ``core`` (``cast_to``: the dtype a precision
+        plugin is about to cast it to)."""
+        ids = {id(p) for ps in self.trainable_groups().values() for p in ps if p.requires_grad}
+        return [(n, cast_to or p.dtype) for n, p in self.core.named_parameters() if id(p) in ids]
+
+    def _check_precision(self, cast_to: torch.dtype | None = None) -> None:
+        cfg = self.core.config
+        check_fp32_master(
+            self._trainable_dtypes(cast_to), str(self.trainer.precision), self.trainer.strategy, cfg.mot, cfg.llm.dtype
+        )
+
+    def setup(self, stage: str) -> None:
+        """Refuse a precision setup without float32 masters before any conversion, sharding or handoff load."""
+        if stage == "fit":
+            # `*-true` half precisions cast the whole module after this hook (Strategy.setup -> convert_module)
+            self._check_precision(HALF_TRUE_PRECISIONS.get(str(self.trainer.precision)))
+            check_fsdp1_uniform_dtype((p.dtype for p in self.core.parameters()), self.trainer.strategy)
+
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
+        self._check_precision()  # the dtypes the optimizer really gets (after Lightning's conversion/wrapping)
         groups = {name: [p for p in ps if p.requires_grad] for name, ps in self.trainable_groups().items()}
         groups = {name: ps for name, ps in groups.items() if ps}
         schedules = {"backbone": h.backbone_schedule, "heads": h.head_schedule}
