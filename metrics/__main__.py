@@ -6,6 +6,8 @@ Examples::
     python -m metrics captions --pred pred.json --refs refs.json --bertscore_model /models/roberta-large
     python -m metrics captions --pred pred.json --refs refs.json --evaluator runs/x/evaluator --motions clips/
     python -m metrics t2m --help
+    python -m metrics convert-evaluator motionstreamer Evaluator_272/epoch=99.ckpt --out evaluators/ms272 \
+        --mean_std humanml3d_272/mean_std
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from metrics.command import Command, run_commands
 COMMANDS: list[Command] = [
     (("captions",), "metrics.commands:captions"),
     (("t2m",), "metrics.commands:t2m"),
+    (("convert-evaluator",), "metrics.commands:convert_evaluator"),
 ]
 
 

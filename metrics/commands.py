@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -20,7 +21,7 @@ from metrics.captioning import (
     preview_ids,
 )
 from metrics.command import write_json
-from metrics.evaluator import TextMotionEvaluator
+from metrics.evaluators import load_evaluator
 from metrics.generation import (
     DIVERSITY_PAIRS,
     GROUP_SIZE,
@@ -34,8 +35,9 @@ from metrics.generation import (
     repeat_protocol,
     t2m_metrics,
 )
+from metrics.motionstreamer import convert_motionstreamer_evaluator
 
-__all__ = ["captions", "t2m"]
+__all__ = ["captions", "convert_evaluator", "t2m"]
 
 
 def captions(
@@ -78,7 +80,8 @@ def captions(
         bertscore_batch_size: BERTScore batch size.
         device: Torch device of the BERTScore encoder and the evaluator.
         per_item: Also write per-caption scores to the JSON.
-        evaluator: Evaluator folder (config.json + safetensors): adds caption R@1-3 and MM-Dist (needs --motions).
+        evaluator: Evaluator folder of either kind (the evaluator stage's, or a converted MotionStreamer one): adds
+            caption R@1-3 and MM-Dist (needs --motions).
         motions: Folder of ground-truth ``<id>.npy`` clips (T, 272), UN-normalised (with --evaluator).
         mean_std: Folder with Mean.npy/Std.npy (default: the evaluator folder).
         group_size: R-precision group size.
@@ -104,7 +107,7 @@ def captions(
             raise ValueError(
                 "--evaluator needs --motions DIR (the ground-truth <id>.npy clips of the captioned motions)"
             )
-        model = TextMotionEvaluator.load(evaluator, map_location=device).eval()
+        model = load_evaluator(evaluator, map_location=device)
         mean, std = load_mean_std(mean_std if mean_std is not None else evaluator)
         clips = read_clip_dir(motions, model.config.feature_dim)
         by_id = dict(zip(clips.ids, clips.clips))
@@ -160,7 +163,7 @@ def t2m(
     Args:
         real: Folder of ground-truth ``<id>.npy`` clips (T, 272).
         gen: Folder of generated ``<id>.npy`` clips + ``texts/<id>.txt`` captions.
-        evaluator: Evaluator folder (config.json + safetensors).
+        evaluator: Evaluator folder of either kind (the evaluator stage's, or a converted MotionStreamer one).
         mean_std: Folder with Mean.npy/Std.npy (default: the evaluator folder).
         repeats: Protocol repetitions N.
         seed: Seed of the first repetition.
@@ -173,7 +176,7 @@ def t2m(
     """
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
-    model = TextMotionEvaluator.load(evaluator, map_location=device).eval()
+    model = load_evaluator(evaluator, map_location=device)
     feature_dim = model.config.feature_dim
     mean, std = load_mean_std(mean_std if mean_std is not None else evaluator)
     generated = read_clip_dir(gen, feature_dim, with_texts=True)
@@ -237,3 +240,36 @@ def t2m(
         print(f"wrote {write_json(out, report)}", file=sys.stderr)
     return 0
 
+
+
+def convert_evaluator(
+    kind: Literal["motionstreamer"],
+    ckpt: Path,
+    /,
+    *,
+    out: Path,
+    mean_std: Path | None = None,
+    allow_pickle: bool = False,
+) -> int:
+    """Convert a released evaluator checkpoint once into the suite's weights-only evaluator folder.
+
+    ``motionstreamer``: MotionStreamer's ``Evaluator_272/epoch=99.ckpt`` (TMR motion encoder + DistilBERT text
+    encoder). Prints where the folder is; ``--evaluator OUT`` of ``t2m``/``captions`` (and the llamo evaluation
+    commands) then loads it without unpickling anything.
+
+    Args:
+        kind: Which released evaluator the checkpoint is.
+        ckpt: The released checkpoint file.
+        out: Folder to write (handoff.safetensors + config.json).
+        mean_std: Folder with the HumanML3D-272 Mean.npy/Std.npy the evaluator was trained with; checked and
+            copied beside the weights, where --mean_std defaults to look.
+        allow_pickle: Read a checkpoint that needs a full unpickle (only for a file you trust).
+    """
+    assert kind == "motionstreamer", kind  # the Literal is checked by the parser
+    folder = convert_motionstreamer_evaluator(ckpt, out, allow_pickle=allow_pickle, mean_std_dir=mean_std)
+    model = load_evaluator(folder)
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"wrote {folder} ({model.__class__.__name__}, {parameters:,} parameters)")
+    if mean_std is None:
+        print("no --mean_std given: pass the HumanML3D-272 Mean/Std folder to every command that uses this evaluator")
+    return 0

@@ -71,7 +71,6 @@ Example (tiny random model; real use: ``MotionStreamerEvaluator.load(converted_d
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 import re
 import shutil
@@ -85,7 +84,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from metrics.evaluator import CONFIG_FILE, WEIGHTS_FILE, packaged_minilm_path, sinusoidal_positions
+from metrics.evaluator import packaged_minilm_path, sinusoidal_positions
+from stageio import CONFIG_FILE, WEIGHTS_FILE, load_stage_weights, read_stage_config, save_stage_output
 
 __all__ = [
     "DISTILBERT_BASE_UNCASED",
@@ -420,56 +420,27 @@ class MotionStreamerEvaluator(nn.Module):
 
     def save(self, directory: str | Path, source: str | None = None) -> Path:
         """Write ``handoff.safetensors`` + ``config.json`` (stage-output format) into ``directory``; return it."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().clone().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"kind": KIND, "stage": "evaluator"})
-        meta: dict[str, Any] = {
-            "kind": KIND,
-            "stage": "evaluator",
-            "config": asdict(self.config),
-            "excluded_prefixes": [],
-        }
-        if source is not None:
-            meta["source"] = source
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return directory
+        extra = {"source": source} if source is not None else None
+        return save_stage_output(directory, self, asdict(self.config), kind=KIND, stage="evaluator", extra=extra)
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> MotionStreamerEvaluator:
         """Rebuild a converted evaluator from its folder (safetensors + JSON only: nothing is unpickled)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        for path in (config_path, weights_path):
+        for path in (directory / CONFIG_FILE, directory / WEIGHTS_FILE):
             if not path.is_file():
                 raise FileNotFoundError(
                     f"{path} not found: {directory} is not a converted MotionStreamer evaluator folder; create one "
                     "with convert_motionstreamer_evaluator(epoch=99.ckpt, DIR)"
                 )
-        try:
-            meta = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path} is not valid JSON ({err}); convert the checkpoint again") from err
-        if not isinstance(meta, dict) or meta.get("kind") != KIND or not isinstance(meta.get("config"), dict):
-            kind = meta.get("kind") if isinstance(meta, dict) else None
+        meta = read_stage_config(directory)
+        if meta["kind"] != KIND:
             raise ValueError(
-                f"{config_path} describes a {kind!r}, not a {KIND}; pass a folder written by "
+                f"{directory / CONFIG_FILE} describes a {meta['kind']!r}, not a {KIND}; pass a folder written by "
                 "convert_motionstreamer_evaluator"
             )
         model = cls(MotionStreamerEvaluatorConfig.from_dict(meta["config"]))
-        try:
-            state = load_file(str(weights_path))
-        except (SafetensorError, OSError) as err:
-            raise ValueError(
-                f"{weights_path} cannot be read as safetensors ({err}); convert the checkpoint again"
-            ) from err
-        _check_state(state, model.state_dict(), weights_path)
-        model.load_state_dict(state, strict=True)
+        load_stage_weights(model, directory, expected_kind=KIND)
         return model.to(map_location)
 
 

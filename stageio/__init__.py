@@ -51,15 +51,23 @@ def save_stage_output(
     kind: str | None = None,
     stage: str = "",
     excluded_prefixes: Sequence[str] = (),
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``core``'s weights (minus ``excluded_prefixes``) and its config to ``out_dir``; return the folder."""
+    """Write ``core``'s weights (minus ``excluded_prefixes``) and its config to ``out_dir``; return the folder.
+
+    ``extra`` adds informational entries to ``config.json`` (e.g. where converted weights came from); they cannot
+    replace the format's own keys.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # clone: safetensors refuses tensors that share storage (tied embeddings) and non-contiguous views
     tensors = {
         k: v.detach().to("cpu").clone().contiguous() for k, v in _selected(core.state_dict(), excluded_prefixes).items()
     }
+    clash = sorted(set(extra or {}) & {"kind", "stage", "config", "excluded_prefixes"})
+    assert not clash, f"extra entries {clash} would replace the stage-output format's own keys"
     meta = {
+        **dict(extra or {}),
         "kind": kind or type(core).__name__,
         "stage": stage,
         "config": dict(config),

@@ -481,3 +481,38 @@ def test_inference_only_dropout(model: MotionStreamerEvaluator) -> None:
         model.eval()
     torch.testing.assert_close(first, second, rtol=0, atol=0)
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_convert_command_and_kind_dispatch(
+    upstream: dict[str, Tensor], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m metrics convert-evaluator motionstreamer CKPT --out DIR`, then `load_evaluator` picks the kind."""
+    import functools
+
+    import metrics.commands
+    from metrics.__main__ import main as metrics_main
+    from metrics.evaluators import load_evaluator
+
+    ckpt = tmp_path / "epoch=99.ckpt"
+    torch.save(lightning_checkpoint(upstream), ckpt)
+    # the released sizes are the command's default; the test checkpoint has the tiny ones
+    tiny = functools.partial(metrics.commands.convert_motionstreamer_evaluator, config=TINY)
+    monkeypatch.setattr(metrics.commands, "convert_motionstreamer_evaluator", tiny)
+    out = tmp_path / "ms272"
+    assert metrics_main(["convert-evaluator", "motionstreamer", str(ckpt), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out} (MotionStreamerEvaluator" in printed and "no --mean_std given" in printed
+    loaded = load_evaluator(out)
+    assert isinstance(loaded, MotionStreamerEvaluator) and not loaded.training
+    suite = TextMotionEvaluator(
+        EvaluatorConfig(latent_dim=16, ff_size=32, num_layers=1, num_heads=2, text_encoder="scratch", vocab_size=64)
+    )
+    assert isinstance(load_evaluator(suite.save(tmp_path / "suite")), TextMotionEvaluator)
+    # a folder of another stage output is named with the kinds that work
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({"kind": "CausalMotionVAE", "config": {}}))
+    with pytest.raises(ValueError, match="holds a 'CausalMotionVAE' stage output, not an evaluator"):
+        load_evaluator(tmp_path / "vae")
+    with pytest.raises(SystemExit) as exit_info:  # the parser names the kinds it knows
+        metrics_main(["convert-evaluator", "other", str(ckpt), "--out", str(out)])
+    assert exit_info.value.code == 2

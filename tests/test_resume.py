@@ -23,11 +23,11 @@ import yaml
 from kill_switch import KillAfterStep, Killed
 from tiny_llamo import stage_args, stage_workspace
 
-from llamo.checkpoint import load_stage_output
 from llamo.data.retrieval import RetrievalDataModule
 from llamo.motion.synthetic import synthesize
 from llamo.stages.checkpoint_io import AtomicCheckpointIO
 from llamo.stages.cli import cli_main
+from stageio import load_stage_output
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"

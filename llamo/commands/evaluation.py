@@ -21,7 +21,7 @@ from llamo.eval.settings import EvalSettings
 from llamo.eval.vae import evaluate_vae
 from llamo.inference.text import hf_logits_fn
 from metrics.command import write_json
-from metrics.evaluator import TextMotionEvaluator
+from metrics.evaluators import load_evaluator
 from metrics.generation import GROUP_SIZE, TOP_K
 
 __all__ = ["ablations", "evaluator", "language", "run", "vae"]
@@ -115,7 +115,7 @@ def evaluator(
     Prints mean ± 95 % interval over the repetitions and the chance level (`llamo.eval.retrieval`).
 
     Args:
-        ckpt: Evaluator folder (handoff.safetensors + config.json).
+        ckpt: Evaluator folder of either kind (handoff.safetensors + config.json).
         data: HumanML3D-272 style corpus folder.
         split: Split to evaluate.
         mean_std: Folder with Mean.npy/Std.npy (default: the --ckpt folder).
@@ -129,7 +129,7 @@ def evaluator(
         device: Torch device.
         out: Write the results as JSON here.
     """
-    model = TextMotionEvaluator.load(ckpt)
+    model = load_evaluator(ckpt)
     # the T2M test protocol keeps min_frames <= T < max_frames: longer clips are left out (counted), shorter ones
     # are errors unless --skip_invalid
     corpus = MotionCorpus(

@@ -47,7 +47,7 @@ from llamo.eval.t2m import t2m_section
 from llamo.eval.vae import evaluate_vae
 from llamo.inference.run import LLAMO_STAGES, find_llamo_stage, load_run
 from llamo.motion.render import render_motion
-from metrics.evaluator import TextMotionEvaluator
+from metrics.evaluators import load_evaluator
 from metrics.generation import load_mean_std
 
 __all__ = ["RUN_STAGES", "evaluate_run", "training_wall_times"]
@@ -164,7 +164,7 @@ def evaluate_run(
         run_model = load_run(run, stage_dir.name, device=settings.device)
         items = load_test_items(data, settings)
         if (run / "evaluator" / "handoff.safetensors").is_file():
-            evaluator = TextMotionEvaluator.load(run / "evaluator", map_location=settings.device).eval()
+            evaluator = load_evaluator(run / "evaluator", map_location=settings.device)
             mean, std = load_mean_std(run / "evaluator")
         else:
             missing = run / "evaluator" / "handoff.safetensors"

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from llamo.data.humanml272 import MotionCorpus
 from llamo.data.retrieval import MotionCaptionPairs, collate_pairs
-from metrics.evaluator import TextMotionEvaluator
+from metrics.evaluators import Evaluator
 from metrics.generation import GROUP_SIZE, TOP_K, ProtocolResult, mm_dist, r_precision, repeat_protocol
 
 __all__ = ["evaluate_retrieval"]
@@ -22,7 +22,7 @@ __all__ = ["evaluate_retrieval"]
 
 @torch.inference_mode()
 def _embed_pairs(
-    evaluator: TextMotionEvaluator, pairs: MotionCaptionPairs, batch_size: int, device: str
+    evaluator: Evaluator, pairs: MotionCaptionPairs, batch_size: int, device: str
 ) -> tuple[Tensor, Tensor]:
     texts, motions = [], []
     for batch in DataLoader(pairs, batch_size=batch_size, collate_fn=collate_pairs):
@@ -32,7 +32,7 @@ def _embed_pairs(
 
 
 def evaluate_retrieval(
-    evaluator: TextMotionEvaluator,
+    evaluator: Evaluator,
     corpus: MotionCorpus,
     repeats: int = 20,
     seed: int = 0,
