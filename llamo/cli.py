@@ -27,6 +27,7 @@ COMMANDS: list[Command] = [
     (("generate",), "llamo.commands.inference:generate"),
     (("caption",), "llamo.commands.inference:caption"),
     (("chat",), "llamo.commands.inference:chat"),
+    (("plan",), "llamo.commands.plan:plan"),
 ]
 
 #: commands handled by LightningCLI (training stages)

@@ -5,7 +5,9 @@ help, its ``Args:`` entries are the options' help, and its signature is the only
 defaults:
 
 - parameters before ``/`` (positional-only) are positional arguments; a ``list[...]`` one takes one or more words;
-- every other parameter is a ``--name`` option (required when it has no default);
+- every other parameter is a ``--name`` option (required when it has no default); a ``list[...]`` one is given
+  by repeating it, ``--config a.yaml --config b.yaml`` (as ``llamo fit`` takes its ``--config`` files), and is
+  required (argparse would append to a default list rather than replace it);
 - a ``bool`` option is a switch: ``--name`` sets it, ``--no_name`` clears it;
 - a parameter whose type is a dataclass (e.g. ``settings: EvalSettings``) contributes each field as a top-level
   option, documented by the field's attribute docstring, so the dataclass stays the one source of those flags.
@@ -80,7 +82,22 @@ def build_parser(fn: Callable[..., Any], prog: str) -> ArgumentParser:
         for p in signature.parameters.values()
         if hints.get(p.name) is bool and p.kind is not inspect.Parameter.POSITIONAL_ONLY
     }
-    skip = {p.name for p in positional} | set(settings) | set(switches)
+    repeated = [
+        p
+        for p in signature.parameters.values()
+        if typing.get_origin(hints.get(p.name)) is list and p.kind is not inspect.Parameter.POSITIONAL_ONLY
+    ]
+    for param in repeated:
+        # argparse's append would add to a default list instead of replacing it: such options are required
+        assert param.default is inspect.Parameter.empty, f"repeated option {param.name} cannot have a default"
+        parser.add_argument(
+            f"--{param.name}",
+            action="append",
+            type=typing.get_args(hints[param.name])[0],
+            required=True,
+            help=f"{docs.get(param.name, '')} (repeat the option for several values)",
+        )
+    skip = {p.name for p in positional} | set(settings) | set(switches) | {p.name for p in repeated}
     parser.add_function_arguments(fn, skip=skip, fail_untyped=True)
     _add_switches(parser, switches, docs)
     return parser
@@ -113,7 +130,8 @@ def call_command(fn: Callable[..., Any], args: Sequence[str], prog: str | None =
     """Parse ``args`` for ``fn`` and call it; its exceptions propagate (tests, Python callers)."""
     parser = build_parser(fn, prog or fn.__name__)
     config = parser.parse_args(_underscored(args)).as_dict()
-    config.pop("config", None)
+    if "config" not in inspect.signature(fn).parameters:
+        config.pop("config", None)  # jsonargparse's own config entry, unless the command has a `config` option
     kwargs: dict[str, Any] = {}
     for name, cls in _settings_params(fn).items():
         names = {f.name for f in dataclasses.fields(cls)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from llamo.core.model import LLaMo
 from llamo.stages.llamo_base import LLaMoStage
 
 
@@ -12,7 +13,7 @@ class AlignStage(LLaMoStage):
 
     stage_name = "stage1"
 
-    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
-        core = self.core
+    @classmethod
+    def groups_of(cls, core: LLaMo) -> dict[str, list[nn.Parameter]]:
         backbone = [*core.adapter.parameters(), *core.projector.parameters(), *core.added_tokens.parameters()]
         return {"backbone": backbone, "heads": [*core.flow_head.parameters(), *core.exit_head.parameters()]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from llamo.core.model import LLaMo
 from llamo.stages.llamo_base import LLaMoStage
 
 
@@ -12,5 +13,6 @@ class AnnealStage(LLaMoStage):
 
     stage_name = "stage3"
 
-    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"heads": [*self.core.flow_head.parameters(), *self.core.exit_head.parameters()]}
+    @classmethod
+    def groups_of(cls, core: LLaMo) -> dict[str, list[nn.Parameter]]:
+        return {"heads": [*core.flow_head.parameters(), *core.exit_head.parameters()]}

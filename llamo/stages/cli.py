@@ -10,7 +10,9 @@ replaces ``trainer.callbacks`` cannot drop it) say where the stage starts from a
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -37,16 +39,39 @@ class LlamoCLI(LightningCLI):
             handoff.load_from = None
 
 
+def _cli_kwargs() -> dict[str, Any]:
+    return {
+        "model_class": StageModule,
+        "datamodule_class": L.LightningDataModule,
+        "subclass_mode_model": True,
+        "subclass_mode_data": True,
+        "auto_configure_optimizers": False,
+        "save_config_kwargs": {"overwrite": True},
+        "parser_kwargs": {"parser_mode": "yaml"},
+    }
+
+
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> LlamoCLI:
     """Build (and by default run) the CLI; ``args`` is the command line after ``llamo``."""
-    return LlamoCLI(
-        model_class=StageModule,
-        datamodule_class=L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "yaml"},
-        args=list(args) if args is not None else None,
-        run=run,
-    )
+    return LlamoCLI(**_cli_kwargs(), args=list(args) if args is not None else None, run=run)
+
+
+class _ParseOnlyCLI(LlamoCLI):
+    """Parses and validates the composed configuration but instantiates nothing (no model, no trainer)."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _set_seed(self) -> None:
+        pass  # nothing random runs, and LightningCLI's "Seed set to 0" line would only clutter the output
+
+
+def parse_config(args: Sequence[str]) -> dict[str, Any]:
+    """The resolved configuration of ``args`` (``--config`` files and overrides, no sub-command) as a plain dict,
+    checked by the same parser as ``llamo fit`` but without building the model: `llamo plan` reads an 8B
+    configuration this way on any machine. A parse error exits as LightningCLI does (message, status 2)."""
+    with warnings.catch_warnings():
+        # run from another command (`llamo plan ...`), sys.argv is not this parser's: the args are, on purpose
+        warnings.filterwarnings("ignore", message=".*not recommended to provide both args and command line")
+        cli = _ParseOnlyCLI(**_cli_kwargs(), args=list(args), run=False)
+    return cli.config.as_dict()

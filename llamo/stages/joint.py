@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from llamo.core.model import LLaMo
 from llamo.stages.llamo_base import LLaMoStage
 
 
@@ -12,10 +13,10 @@ class JointStage(LLaMoStage):
 
     stage_name = "stage2"
 
-    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
-        core = self.core
+    @classmethod
+    def groups_of(cls, core: LLaMo) -> dict[str, list[nn.Parameter]]:
         backbone = [
-            *self.motion_branch(),
+            *cls.motion_branch_of(core),
             *core.adapter.parameters(),
             *core.projector.parameters(),
             *core.added_tokens.parameters(),

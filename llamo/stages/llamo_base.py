@@ -69,12 +69,23 @@ class LLaMoStage(StageModule):
 
     def motion_branch(self) -> list[nn.Parameter]:
         """The motion branch: MoT twins, or (w/o MoT) the whole shared LLM that is then fine-tuned."""
-        if self.core.config.mot:
-            return list(self.core.mot.motion_parameters())
-        return list(self.core.llm.parameters())
+        return self.motion_branch_of(self.core)
+
+    @staticmethod
+    def motion_branch_of(core: LLaMo) -> list[nn.Parameter]:
+        """`motion_branch` of any ``core`` (also one on the meta device, for ``llamo plan``)."""
+        if core.config.mot:
+            return list(core.mot.motion_parameters())
+        return list(core.llm.parameters())
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         """``{"backbone": [...], "heads": [...]}``: parameters this stage trains (others are frozen)."""
+        return self.groups_of(self.core)
+
+    @classmethod
+    def groups_of(cls, core: LLaMo) -> dict[str, list[nn.Parameter]]:
+        """The parameter groups this stage class trains in ``core`` (each stage overrides it). A classmethod so
+        that ``llamo plan`` can ask a stage what it trains on a meta-device `LLaMo` without building the stage."""
         raise ValueError(
             "LLaMoStage is the shared base of the LLaMo stages and trains nothing by itself; compose a stage file "
             "after the model file: --config experiments/model/<size>.yaml --config experiments/stage{1,2,3}.yaml"
