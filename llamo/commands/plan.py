@@ -67,7 +67,7 @@ def plan(config: list[str], devices: int | None = None, gpu_memory_gb: float = 8
     split over the devices. Activations are not included.
 
     Args:
-        config: A YAML of `llamo fit`, in the same order (repeat the option): base, model size, stage, strategy...
+        config: A YAML of `llamo fit`, in the same order: base, model size, stage, strategy...
         devices: Number of devices (data-parallel world size); default: the composed trainer.devices x
             trainer.num_nodes.
         gpu_memory_gb: Memory of one device in GB as nvidia-smi counts it (binary: an 80 GB A100 has 80 x 2**30
