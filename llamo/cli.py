@@ -27,6 +27,7 @@ COMMANDS: list[Command] = [
     (("generate",), "llamo.commands.inference:generate"),
     (("caption",), "llamo.commands.inference:caption"),
     (("chat",), "llamo.commands.inference:chat"),
+    (("record-fingerprint",), "llamo.commands.inference:record_fingerprint"),
 ]
 
 #: commands handled by LightningCLI (training stages)
