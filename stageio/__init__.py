@@ -50,8 +50,9 @@ def fingerprint_tensors(state: Mapping[str, torch.Tensor]) -> str:
     (little-endian on every platform torch supports), or, when the tensor is a view of exactly the same memory as
     an earlier key's (tied weights: same storage, offset, shape, stride and dtype), ``"tied:<earlier key>\\n"``
     and no bytes, so a tied matrix is hashed once. Devices, ``requires_grad`` and memory layout do not enter;
-    any changed element, dtype, shape, key or tying does. Cost: one pass over the bytes (about 1 s per GB on
-    one CPU core; a CUDA tensor is copied to the CPU first).
+    any changed element, dtype, shape, key or tying does. Cost: one SHA-256 pass over the bytes, no copy for a
+    contiguous CPU tensor (a CUDA tensor is copied to the CPU first): SmolLM2-135M-Instruct in float32 (538 MB)
+    takes 0.4-0.9 s on the 2-core development CPU (`tests/test_fingerprint.py` keeps it under 5 s).
     """
     digest = hashlib.sha256(FINGERPRINT_VERSION)
     seen: dict[tuple[Any, ...], str] = {}
