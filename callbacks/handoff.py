@@ -2,10 +2,12 @@
 
 The callback is a thin wrapper over :mod:`stageio`. It loads in ``setup`` — after the stage module
 built ``self.core`` and before any strategy (DDP, FSDP, DeepSpeed) wraps it — and writes in ``on_fit_end``.
-The fingerprints of the sub-trees a handoff leaves out (the frozen base LLM) are computed in ``setup`` too, on the
-plain module: they are what the handoff records at the end (frozen weights do not change in between, and a
-sharded module's gathered state dict would no longer show tied weights as tied). Loading checks the previous
-stage's recorded fingerprints against this stage's rebuilt base (`stageio.load_stage_weights`).
+The handoff records the fingerprints of the sub-trees it leaves out (the frozen base LLM), taken at fit end from
+the weights the core holds then (so a run resumed from a checkpoint records the base it really trained with). A
+core sharded by FSDP2 is the exception: its gathered state dict no longer shows tied weights as tied, so its
+fingerprints are the ones taken in ``setup`` on the plain module, before sharding and before a resume restores
+weights. Loading checks the previous stage's recorded fingerprints against this stage's rebuilt base
+(`stageio.load_stage_weights`).
 A resumed run (``--ckpt_path``) restores its own weights; :class:`llamo.stages.cli.LlamoCLI` switches the
 handoff load off in that case (resume wins, see the README).
 """
@@ -65,6 +67,8 @@ class StageHandoff(L.Callback):
         core = pl_module.core
         state_module = _FullStateView(core) if _is_sharded(core) else core
         if trainer.is_global_zero:
+            if not _is_sharded(core):  # the base the core holds now (a resume restores the checkpoint's)
+                self.fingerprints = excluded_fingerprints(core.state_dict(), pl_module.handoff_excluded_prefixes())
             assert self.fingerprints is not None, "setup('fit') computes the fingerprints before fit ends"
             save_stage_output(
                 self.save_to,

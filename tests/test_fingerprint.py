@@ -211,9 +211,22 @@ def test_stage_handoff_records_and_the_next_stage_checks(tmp_path: Path) -> None
     first = _stage_module(LLMConfig(path=str(folder)))
     writer = StageHandoff(save_to=str(tmp_path / "stage1"))
     writer.setup(trainer, first, "fit")
+    at_setup = writer.fingerprints
     writer.on_fit_end(trainer, first)
     recorded = load_stage_output(tmp_path / "stage1").excluded_fingerprints
-    assert recorded == {"mot.llm.": fingerprint_tensors(first.core.llm.state_dict())}
+    assert recorded == at_setup == {"mot.llm.": fingerprint_tensors(first.core.llm.state_dict())}
+    # a resumed run holds the checkpoint's base, not necessarily llm.path's: the handoff records what it holds
+    with torch.no_grad():
+        first.core.llm.model.norm.weight[0] += 1.0
+    writer.on_fit_end(trainer, first)
+    assert (
+        load_stage_output(tmp_path / "stage1").excluded_fingerprints
+        == {"mot.llm.": fingerprint_tensors(first.core.llm.state_dict())}
+        != at_setup
+    )
+    with torch.no_grad():
+        first.core.llm.model.norm.weight[0] -= 1.0
+    writer.on_fit_end(trainer, first)  # restore the handoff the rest of the test loads
 
     StageHandoff(load_from=str(tmp_path / "stage1")).setup(trainer, _stage_module(LLMConfig(path=str(folder))), "fit")
     _change_one_weight(folder)
@@ -249,6 +262,11 @@ def test_report_language_check_states_the_fingerprints(tmp_path: Path) -> None:
     assert lang["fingerprints_match"] is False
     (check,) = [line for line in _checks({**tables, "language": lang}) if "Language probe" in line]
     assert f"!= the handoff's {recorded}" in check and check.endswith("**FAIL**")
+
+    # a different base fails the check by its fingerprint alone, even where the probe numbers happen to agree
+    lang = {**lang, "identical": True}
+    (check,) = [line for line in _checks({**tables, "language": lang}) if "Language probe" in line]
+    assert "identical to the rebuilt base" in check and check.endswith("**FAIL**")
 
     # an older handoff: identical rows, but the base is not verified, so not a PASS
     lang = {**tables["language"], "fingerprints_match": None, "handoff_fingerprint": None}
