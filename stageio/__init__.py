@@ -275,7 +275,7 @@ def load_stage_weights(
     out = source if isinstance(source, StageOutput) else load_stage_output(source)
     where = out.folder if out.folder is not None else "<stage output>"
     problems: list[str] = []
-    fixes = ["Point the handoff at the folder written by the previous stage of the same model configuration."]
+    fixes: list[str] = []
     if expected_kind is not None and out.kind != expected_kind:
         problems.append(f"kind: saved {out.kind!r} != current {expected_kind!r}")
     if expected_config is not None:
@@ -292,6 +292,8 @@ def load_stage_weights(
     problems += [f"missing key {k}" for k in missing]
     problems += [f"unexpected key {k}" for k in unexpected]
     problems += [f"shape {s}" for s in shapes]
+    if problems:
+        fixes.append("Point the handoff at the folder written by the previous stage of the same model configuration.")
     if out.excluded_prefixes and out.excluded_fingerprints is None:
         warnings.warn(
             f"stage output {where} records no fingerprint of its excluded weights {out.excluded_prefixes} (it was "
