@@ -28,6 +28,7 @@ COMMANDS: list[Command] = [
     (("caption",), "llamo.commands.inference:caption"),
     (("chat",), "llamo.commands.inference:chat"),
     (("plan",), "llamo.commands.plan:plan"),
+    (("record-fingerprint",), "llamo.commands.inference:record_fingerprint"),
 ]
 
 #: commands handled by LightningCLI (training stages)

@@ -86,7 +86,16 @@ def test_broken_handoff_is_one_clear_error(workspace: dict[str, Path]) -> None:
         def state_dict(self, *a: object, **k: object) -> dict[str, torch.Tensor]:  # type: ignore[override]
             return bad.state_dict
 
-    save_stage_output(broken, Raw(), bad.config, kind="LLaMo", stage="stage1", excluded_prefixes=["mot.llm."])
+    # Raw holds no base to fingerprint: keep the one b1 recorded (the same tiny base as the next stage's)
+    save_stage_output(
+        broken,
+        Raw(),
+        bad.config,
+        kind="LLaMo",
+        stage="stage1",
+        excluded_prefixes=["mot.llm."],
+        fingerprints=bad.excluded_fingerprints,
+    )
     with pytest.raises(ValueError) as err:
         cli_main(_args(workspace, 2, "b2", f"--handoff.load_from={broken}", steps=0))
     msg = str(err.value)

@@ -4,6 +4,7 @@
     llamo generate ... --decode fast    # CUDA: static KV cache + compiled/CUDA-graphed steps (auto: on CUDA)
     llamo caption --ckpt runs/default clip.npy
     llamo chat --ckpt runs/default [--prompt "What is a pirouette?"]
+    llamo record-fingerprint runs/default/stage2   # an older handoff: record its base LLM's fingerprint
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import torch
 from tqdm.auto import tqdm
 
 from llamo.inference.fast import resolve_decode
-from llamo.inference.run import LLaMoRun, load_run
+from llamo.inference.run import LLaMoRun, load_run, record_base_fingerprint
 from llamo.inference.t2m import MotionChunk
 from llamo.motion.render import SUFFIXES, render_motion
 
-__all__ = ["RunSelection", "caption", "chat", "generate"]
+__all__ = ["RunSelection", "caption", "chat", "generate", "record_fingerprint"]
 
 #: output extensions of ``llamo generate``: the renderer's animations/filmstrip and raw features
 OUTPUT_SUFFIXES = (*SUFFIXES, ".npy")
@@ -246,4 +247,20 @@ def chat(
         reply = loaded.chat(messages, max_new_tokens=max_new_tokens)
         messages.append({"role": "assistant", "content": reply})
         print(f"llamo> {reply}")
+    return 0
+
+
+def record_fingerprint(stage_dir: Path, /) -> int:
+    """Record the base LLM's fingerprint in a LLaMo stage folder written before handoffs recorded it.
+
+    Rebuilds the base from the folder's saved ``llm`` config and writes its fingerprint into config.json; later
+    loads then refuse any other base. Run it only if that base is the one the stage was trained with. A folder
+    that already records the same fingerprint is left as it is; a different one is an error.
+
+    Args:
+        stage_dir: LLaMo stage folder (runs/<exp>/stage1|2|3, holding handoff.safetensors and config.json).
+    """
+    fingerprints = record_base_fingerprint(stage_dir)
+    for prefix, fingerprint in fingerprints.items():
+        print(f"{stage_dir}: {prefix} {fingerprint}")
     return 0

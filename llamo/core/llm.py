@@ -39,6 +39,7 @@ __all__ = [
     "build_llm",
     "build_random_llm",
     "default_cache_root",
+    "describe_llm_source",
     "load_llm",
     "load_tokenizer",
     "prepare_smollm2",
@@ -313,6 +314,16 @@ def build_llm(spec: LLMConfig, device: str | torch.device | None = None) -> Llam
         assert spec.config is not None
         model = build_random_llm(spec.config, spec.seed, spec.torch_dtype, device, spec.attn_implementation)
     return model.eval()
+
+
+def describe_llm_source(spec: LLMConfig) -> str:
+    """Where `build_llm` takes ``spec``'s weights from, for messages: the ``llm.path`` (and the folder it names)
+    or the seeded random config, with the dtype (both decide the weights' bytes)."""
+    if spec.path is not None:
+        folder = smollm2_dir() if str(spec.path) == SMOLLM2 else Path(spec.path).expanduser()
+        where = f"llm.path {spec.path!r}" + (f" (folder {folder})" if str(folder) != str(spec.path) else "")
+        return f"{where}, llm.dtype {spec.dtype}"
+    return f"the seeded random config (llm.config, llm.seed {spec.seed}, llm.dtype {spec.dtype})"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from llamo.eval.settings import EvalSettings, Section
 from llamo.inference.prompts import left_pad, stop_token_ids
 from llamo.inference.run import LLaMoRun
 from llamo.inference.text import LLaMoTextLogitsFn, LogitsFn, decode_tokens, hf_logits_fn
+from stageio import fingerprint_tensors, read_stage_config
 
 __all__ = [
     "PARAGRAPHS_FILE",
@@ -62,6 +63,7 @@ __all__ = [
     "LanguageProbeResult",
     "ProbeItem",
     "first_line",
+    "fingerprint_note",
     "language_section",
     "greedy_generate",
     "load_paragraphs",
@@ -424,12 +426,24 @@ def run_language_probe(
 
 
 def language_section(run_model: LLaMoRun, settings: EvalSettings, section: Section) -> None:
+    """The language row: the rebuilt base LLM and LLaMo's text path on the probe, and whether the base is the one
+    the handoff was trained on (its `stageio.fingerprint_tensors` against the fingerprint the handoff recorded).
+
+    ``section.data`` gets ``rows``, ``identical`` (same replies and perplexity), ``mot``, ``base_fingerprint`` (of
+    the base scored here), ``handoff_fingerprint`` (None: an older handoff that records none; also None without
+    MoT, whose handoff holds the whole fine-tuned LLM) and ``fingerprints_match`` (None when there is nothing to
+    compare).
+    """
     model = run_model.model
     tokenizer = run_model.formatter.tokenizer
     items = load_probe()
     if settings.probe_items is not None:
         items = items[: settings.probe_items]
     base = build_llm(model.config.llm, settings.device).eval()
+    base_fingerprint = fingerprint_tensors(base.state_dict())
+    recorded = read_stage_config(run_model.stage_dir)["excluded_fingerprints"]
+    (prefix,) = model.frozen_prefixes() or (None,)
+    handoff_fingerprint = None if prefix is None or recorded is None else recorded.get(prefix)
     results: list[tuple[str, LanguageProbeResult]] = []
     llm_name = model.config.llm.path or "random base LLM (seeded config)"
     for name, fn in (
@@ -448,6 +462,11 @@ def language_section(run_model: LLaMoRun, settings: EvalSettings, section: Secti
     section.data["mot"] = bool(model.config.mot)
     section.data["perplexity_difference"] = abs(b.perplexity - o.perplexity)
     section.data["differing_replies"] = sum(x != y for x, y in zip(b.replies, o.replies))
+    section.data["base_fingerprint"] = base_fingerprint
+    section.data["handoff_fingerprint"] = handoff_fingerprint
+    match = None if handoff_fingerprint is None else handoff_fingerprint == base_fingerprint
+    section.data["fingerprints_match"] = match
+    section.data["stage_dir"] = str(run_model.stage_dir)
     expectation = (
         "MoT freezes the text branch, so the two rows must be identical"
         if model.config.mot
@@ -466,3 +485,22 @@ def language_section(run_model: LLaMoRun, settings: EvalSettings, section: Secti
         "paragraphs (perplexity), shipped in llamo/eval/probe/.",
         f"{expectation}: {verdict}.",
     ]
+    if model.config.mot:
+        section.notes.append(fingerprint_note(section.data))
+
+
+def fingerprint_note(data: dict[str, Any]) -> str:
+    """One sentence: is the base scored here the base the handoff was trained on (from `language_section` data)?"""
+    base, handoff = data["base_fingerprint"], data["handoff_fingerprint"]
+    if data["fingerprints_match"] is None:
+        return (
+            f"Base weights NOT verified: the handoff records no base fingerprint (written before handoffs recorded "
+            f"one); the base scored here has {base}. If it is the base the stage was trained on, record it with "
+            f"`llamo record-fingerprint {data['stage_dir']}`."
+        )
+    if data["fingerprints_match"]:
+        return f"Base weights verified: the base scored here has the fingerprint the handoff recorded, {base}."
+    return (
+        f"Base weights DIFFER from the ones the handoff was trained on: the handoff records {handoff}, the base "
+        f"scored here has {base}."
+    )

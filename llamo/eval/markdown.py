@@ -64,10 +64,28 @@ def _checks(tables: Mapping[str, Any]) -> list[str]:
         lines.append("- Motion-to-text BLEU@4 vs constant caption: not measured (Table 4 skipped)")
     lang = tables["language"]
     if not lang["skipped"] and lang["mot"]:
+        match = lang.get("fingerprints_match")  # absent from results written before fingerprints existed
+        if not lang["identical"] or match is False:
+            verdict = "FAIL"
+        else:
+            verdict = "PASS" if match else "UNVERIFIED"
         lines.append(
-            f"- Language probe, MoT model equals its base model: **{'PASS' if lang['identical'] else 'FAIL'}**"
+            f"- Language probe, MoT model equals its base model: text path "
+            f"{'identical to' if lang['identical'] else 'NOT identical to'} the rebuilt base; "
+            f"{_fingerprint_clause(lang)} — **{verdict}**"
         )
     return lines
+
+
+def _fingerprint_clause(lang: Mapping[str, Any]) -> str:
+    """Whether the rebuilt base is the base the handoff was trained on, for the language check."""
+    match, base = lang.get("fingerprints_match"), lang.get("base_fingerprint")
+    if match is None:
+        hint = f" (`llamo record-fingerprint {lang['stage_dir']}`)" if lang.get("stage_dir") else ""
+        return f"base fingerprint not verified: the handoff records none{hint}"
+    if match:
+        return f"base fingerprint {base} matches the handoff's"
+    return f"base fingerprint {base} != the handoff's {lang['handoff_fingerprint']} (a different base)"
 
 
 def format_report(results: Mapping[str, Any]) -> str:

@@ -13,7 +13,8 @@ a multiple of 4; ``--items`` takes a seeded subset) and states its own wall time
 - **Table 4** (motion-to-text): `llamo.eval.m2t`.
 - **Language preservation**: the base LLM and LLaMo's text path on the shipped probe (`llamo.eval.language`):
   accuracy and perplexity. With MoT (frozen text branch) the two must be identical; the report says whether
-  they are.
+  they are, and whether the rebuilt base is the one the handoff was trained on (its fingerprint against the one
+  the handoff recorded, `stageio.fingerprint_tensors`).
 - **Samples**: ``samples/<k>_<id>.gif`` of the first ``--samples`` generated test motions, titled with their
   prompts (`llamo.motion.render`).
 

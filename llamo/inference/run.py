@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from llamo.core.format import SequenceFormatter
+from llamo.core.llm import describe_llm_source
 from llamo.core.model import LLaMo, LLaMoConfig
 from llamo.core.vae import CausalMotionVAE
 from llamo.data.latents import load_vae
@@ -24,9 +25,9 @@ from llamo.inference.prompts import model_formatter
 from llamo.inference.t2m import GeneratedMotion, MotionChunk, generate_motion, stream_motion
 from llamo.inference.text import caption, chat
 from llamo.motion.normalization import Normalizer
-from stageio import WEIGHTS_FILE, load_stage_output, load_stage_weights
+from stageio import WEIGHTS_FILE, load_stage_output, load_stage_weights, record_excluded_fingerprints
 
-__all__ = ["LLAMO_STAGES", "MEAN_STD_STAGES", "LLaMoRun", "find_llamo_stage", "load_run"]
+__all__ = ["LLAMO_STAGES", "MEAN_STD_STAGES", "LLaMoRun", "find_llamo_stage", "load_run", "record_base_fingerprint"]
 
 #: LLaMo stage folders of a run, newest first (`load_run` picks the first that exists)
 LLAMO_STAGES = ("stage3", "stage2", "stage1")
@@ -131,7 +132,9 @@ def load_run(
 
     - LLaMo: ``stage`` (``stage1|stage2|stage3`` or ``1|2|3``), default the newest of stage3, stage2, stage1 that
       holds a ``handoff.safetensors``. The frozen base LLM (left out of the handoff) is rebuilt from the saved
-      config's ``llm`` entry (its ``path``, or the seeded random ``config``), then the handoff is loaded strictly.
+      config's ``llm`` entry (its ``path``, or the seeded random ``config``), then the handoff is loaded strictly:
+      the rebuilt base must have the fingerprint the handoff recorded (ValueError naming both otherwise; a handoff
+      written before fingerprints existed loads with a warning, see `record_base_fingerprint`).
     - VAE: ``<run>/vae``.
     - Mean/Std (the corpus statistics that normalised the VAE's training data): ``mean_std`` when given (a folder
       with ``Mean.npy``/``Std.npy``, e.g. ``data/synth/mean_std``), else the first of ``<run>/vae`` and
@@ -146,8 +149,9 @@ def load_run(
     out = load_stage_output(stage_dir)
     if out.kind != LLaMo.__name__:
         raise ValueError(f"{stage_dir} holds a {out.kind!r} stage output, not a LLaMo; pass a LLaMo stage folder")
-    model = LLaMo(LLaMoConfig.from_dict(out.config), device=device)
-    load_stage_weights(model, out, expected_kind=LLaMo.__name__)
+    config = LLaMoConfig.from_dict(out.config)
+    model = LLaMo(config, device=device)
+    load_stage_weights(model, out, expected_kind=LLaMo.__name__, rebuilt_from=describe_llm_source(config.llm))
     model.eval().requires_grad_(False)
     vae = normalizer = mean_std_dir = None
     if motion:
@@ -166,3 +170,19 @@ def load_run(
         stage_dir=stage_dir,
         mean_std_dir=mean_std_dir,
     )
+
+
+def record_base_fingerprint(stage_dir: str | Path) -> dict[str, str]:
+    """Record the base LLM's fingerprint in a LLaMo stage folder written before handoffs recorded it.
+
+    Rebuilds the base from the folder's saved ``llm`` config (``llm.path`` or the seeded random config) and writes
+    `stageio.excluded_fingerprints` of it into ``config.json`` (`stageio.record_excluded_fingerprints`). Run it
+    only when that base is the one the stage was trained with: later loads then refuse any other. A folder that
+    already records a fingerprint is left as it is (ValueError when the rebuilt base differs from it).
+    """
+    folder = Path(stage_dir)
+    out = load_stage_output(folder)
+    if out.kind != LLaMo.__name__:
+        raise ValueError(f"{folder} holds a {out.kind!r} stage output, not a LLaMo; pass a LLaMo stage folder")
+    model = LLaMo(LLaMoConfig.from_dict(out.config))
+    return record_excluded_fingerprints(folder, model)

@@ -41,6 +41,10 @@ class StageModule(L.LightningModule):
         """State-dict prefixes of ``self.core`` not written to the handoff (e.g. the frozen base LLM)."""
         return []
 
+    def handoff_rebuilt_from(self) -> str:
+        """Where ``self.core`` took the excluded sub-trees from, named in a fingerprint mismatch/warning."""
+        return f"{type(self).__name__}'s own initialisation"
+
     def step_seed(self, batch_idx: int) -> int:
         """Seed of the global RNG for this training batch (63 bits, from ``hparams.seed``, step, batch, rank)."""
         seed = int(self.hparams.get("seed", 0))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from llamo.core.format import MotionTextBatch, SequenceFormatter
+from llamo.core.llm import describe_llm_source
 from llamo.core.model import LLaMo, LLaMoConfig
 from llamo.stages.base import StageModule
 from llamo.stages.precision import HALF_TRUE_PRECISIONS, check_fp32_master, check_fsdp1_uniform_dtype
@@ -143,6 +144,9 @@ class LLaMoStage(StageModule):
 
     def handoff_excluded_prefixes(self) -> list[str]:
         return self.core.frozen_prefixes()
+
+    def handoff_rebuilt_from(self) -> str:
+        return describe_llm_source(self.core.config.llm)
 
     def sequence_formatter(self) -> SequenceFormatter:
         """The formatter the DataModule uses (tokenizer + [BOM]/[EOM] ids of this core)."""
