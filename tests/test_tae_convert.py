@@ -9,6 +9,8 @@ the map changes numbers even where shapes agree.
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 import types
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -273,3 +275,42 @@ def test_command_prints_and_reports_user_errors(tmp_path: Path, mean_std: Path) 
                            "--mean_std", str(mean_std)])  # fmt: skip
     assert code == 2 and stderr.getvalue().startswith("llamo convert motionstreamer-tae: error: ")
     assert "Lightning checkpoint" in stderr.getvalue()
+
+
+def _make(*args: str) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[1]
+    command = ["make", "--no-print-directory", "-s", "-o", "install", *args]
+    return subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_ablation_links_the_converted_tae_and_fails_clearly_without_it(tmp_path: Path) -> None:
+    runs, data, tae = tmp_path / "runs", tmp_path / "synth", tmp_path / "tae"
+    for sub in ("motion_data", "texts", "split"):
+        (data / sub).mkdir(parents=True)
+    (data / "split" / "test.txt").write_text("a\n")
+    # a stamp newer than pyproject.toml: the sub-makes' `install` is a no-op (`-o install` is not inherited)
+    stamp = tmp_path / "installed"
+    stamp.write_text("")
+    common = [f"RUNS={runs}", f"DEMO_DATA={data}", f"MS_TAE={tae}", "LLAMO=echo FIT", "REUSE_ABLATIONS="]
+    common.append(f"STAMP={stamp}")
+
+    missing = _make("ablate-motionstreamer_tae", *common)
+    assert missing.returncode == 2 and "FIT" not in missing.stdout
+    assert f"MS_TAE={tae}" in missing.stderr and "llamo convert motionstreamer-tae" in missing.stderr
+
+    tae.mkdir()
+    for name in ("handoff.safetensors", "config.json", "Mean.npy", "Std.npy"):
+        (tae / name).write_bytes(b"")
+    done = _make("ablate-motionstreamer_tae", *common)
+    assert done.returncode == 0, done.stderr
+    run, view = runs / "ablate-motionstreamer_tae", tmp_path / "synth-motionstreamer_tae"
+    assert (run / "vae").resolve() == tae.resolve() and "stage vae: linked" in done.stdout
+    assert (view / "mean_std").resolve() == tae.resolve() and (view / "split").resolve() == (data / "split").resolve()
+    fits = [line for line in done.stdout.splitlines() if line.startswith("FIT fit ")]
+    assert len(fits) == 4  # evaluator + stages 1-3; the VAE is the converted one, never trained
+    for stage in (1, 2, 3):
+        line = next(f for f in fits if f"--handoff.save_to={run}/stage{stage}" in f)
+        assert f"experiments/ablations/motionstreamer_tae/stage{stage}.yaml" in line
+        assert f"--data.init_args.root={view}" in line and f"--data.init_args.vae_dir={run}/vae" in line
+    assert f"FIT eval run {run} --data {view}" in done.stdout
