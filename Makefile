@@ -97,6 +97,16 @@ upstream_2 := vae 1
 upstream_3 := vae 1 2
 ablation_touches = $(strip $(foreach s,$(1) $(upstream_$(1)),$(wildcard experiments/ablations/$(ABLATION)/$(dir_$(s)).yaml)))
 reusable = $(and $(REUSE),$(filter $(1),$(REUSE_STAGES)),$(if $(call ablation_touches,$(1)),,yes))
+# Given VAE: an ablation may name a finished VAE folder (ablation_vae_<name>) that stage-vae links as the run's vae/
+# instead of training one; stage-vae fails with the conversion command when the folder is absent
+# MotionStreamer's released Causal TAE, converted once (`llamo convert motionstreamer-tae`; weights not shipped)
+MS_TAE ?= converted/motionstreamer-tae
+ablation_vae_motionstreamer_tae = $(MS_TAE)
+ablation_vae = $(ablation_vae_$(ABLATION))
+given_vae_missing = echo "ablation '$(1)' uses the converted MotionStreamer TAE folder MS_TAE=$(ablation_vae_$(1)), which \
+holds no handoff.safetensors: convert the released weights once with \
+\`llamo convert motionstreamer-tae Causal_TAE/net_last.pth --out $(ablation_vae_$(1)) --mean_std humanml3d_272/mean_std\` \
+or pass MS_TAE=<converted folder>" >&2
 
 .PHONY: help install test lint format demo demo-assets bench clean pipeline ablations
 
@@ -144,7 +154,12 @@ bench: install ## Benchmarks (not tests): print timing tables and ratios
 
 stage-%: install ## Run one stage: make stage-{vae,evaluator,1,2,3} EXP=name MODEL=size (writes runs/EXP/<stage>/)
 	@test -n "$(dir_$*)" || { echo "unknown stage '$*': use one of $(STAGES)"; exit 2; }
-	@if [ -n "$(call reusable,$*)" ] && [ -f $(REUSE)/$(dir_$*)/handoff.safetensors ] && \
+	@if [ "$*" = vae ] && [ -n "$(ablation_vae)" ]; then \
+		if [ ! -f "$(ablation_vae)/handoff.safetensors" ]; then $(call given_vae_missing,$(ABLATION)); exit 2; fi; \
+		mkdir -p $(RUNS)/$(EXP) && rm -rf $(RUNS)/$(EXP)/vae && ln -s "$$(realpath $(ablation_vae))" $(RUNS)/$(EXP)/vae && \
+		echo "stage vae: linked $(RUNS)/$(EXP)/vae -> $(ablation_vae) (the VAE of ablation '$(ABLATION)', not trained)"; \
+		exit 0; fi; \
+	if [ -n "$(call reusable,$*)" ] && [ -f $(REUSE)/$(dir_$*)/handoff.safetensors ] && \
 		[ "$$(realpath -m $(REUSE))" != "$$(realpath -m $(RUNS)/$(EXP))" ]; then \
 		mkdir -p $(RUNS)/$(EXP) && rm -rf $(RUNS)/$(EXP)/$(dir_$*) && \
 		ln -s "$$(realpath --relative-to=$(RUNS)/$(EXP) $(REUSE)/$(dir_$*))" $(RUNS)/$(EXP)/$(dir_$*) && \
@@ -166,12 +181,23 @@ ablation_stages_latent16 := vae
 ablation_stages_latent64 := vae
 # ablations link the stages they do not change from the demo run when it exists (REUSE_ABLATIONS= retrains all)
 REUSE_ABLATIONS ?= $(RUNS)/$(DEMO_EXP)
+# a given VAE was trained on its own Mean/Std (the TAE: HumanML3D-272's), so its ablation reads the demo corpus
+# through a view (links to motion_data/, texts/, split/) whose mean_std/ is the VAE folder's Mean.npy/Std.npy:
+# the latent cache, `eval vae` and generation then normalise the way the VAE expects
+ablation_data = $(if $(ablation_vae_$(1)),$(DEMO_DATA)-$(1),$(DEMO_DATA))
 ablate-%: install ## One ablation at the demo budget (experiments/ablations/<name>/ on top of the demo overlays) -> runs/ablate-<name>/results.json
 	@test -d experiments/ablations/$* || { echo "no experiments/ablations/$*/; ablations: $(ABLATION_NAMES)"; exit 2; }
+	@if [ -n "$(ablation_vae_$*)" ] && [ ! -f "$(ablation_vae_$*)/handoff.safetensors" ]; then \
+		$(call given_vae_missing,$*); exit 2; fi
 	@$(MAKE) --no-print-directory demo-assets
+	@if [ -n "$(ablation_vae_$*)" ]; then view=$(call ablation_data,$*); mkdir -p $$view && \
+		for d in motion_data texts split; do ln -sfn "$$(realpath $(DEMO_DATA)/$$d)" $$view/$$d; done && \
+		ln -sfn "$$(realpath $(ablation_vae_$*))" $$view/mean_std && \
+		echo "data: $$view = $(DEMO_DATA) normalised with $(ablation_vae_$*)/Mean.npy, Std.npy"; fi
 	$(MAKE) --no-print-directory pipeline EXP=ablate-$* ABLATION=$* MODEL=$(DEMO_MODEL) OVERLAYS="$(DEMO_OVERLAYS)" \
-		DATA=$(DEMO_DATA) PIPELINE_STAGES="$(or $(ablation_stages_$*),$(STAGES))" REUSE=$(REUSE_ABLATIONS)
-	$(LLAMO) eval run $(RUNS)/ablate-$* --data $(DEMO_DATA) --out $(RUNS)/ablate-$*/results.json $(DEMO_EVAL_ARGS)
+		DATA=$(call ablation_data,$*) PIPELINE_STAGES="$(or $(ablation_stages_$*),$(STAGES))" REUSE=$(REUSE_ABLATIONS)
+	$(LLAMO) eval run $(RUNS)/ablate-$* --data $(call ablation_data,$*) --out $(RUNS)/ablate-$*/results.json \
+		$(DEMO_EVAL_ARGS)
 
 ablate-model-%: install ## Model-size ablation: the demo pipeline on experiments/model/<size>.yaml -> runs/ablate-model-<size>/results.json
 	@test -f experiments/model/$*.yaml || { echo "no experiments/model/$*.yaml; sizes: $(basename $(notdir $(wildcard experiments/model/*.yaml)))"; exit 2; }
@@ -181,7 +207,12 @@ ablate-model-%: install ## Model-size ablation: the demo pipeline on experiments
 	$(LLAMO) eval run $(RUNS)/ablate-model-$* --data $(DEMO_DATA) --out $(RUNS)/ablate-model-$*/results.json \
 		$(DEMO_EVAL_ARGS)
 
-ablations: $(addprefix ablate-,$(ABLATION_NAMES)) ## Every ablation, then runs/ablations/report.md (next to runs/demo: run `make demo` too)
+# an ablation whose given VAE folder is absent (the TAE's weights are not shipped) is left out of `make ablations`,
+# with a note; `make ablate-<name>` alone fails with the conversion command instead
+ABLATIONS_READY := $(foreach n,$(ABLATION_NAMES),$(if $(ablation_vae_$(n)),$(if $(wildcard $(ablation_vae_$(n))/handoff.safetensors),$(n)),$(n)))
+ablations: $(addprefix ablate-,$(ABLATIONS_READY)) ## Every ablation, then runs/ablations/report.md (next to runs/demo: run `make demo` too)
+	@for n in $(filter-out $(ABLATIONS_READY),$(ABLATION_NAMES)); do \
+		echo "ablations: left out $$n: its VAE folder MS_TAE=$(MS_TAE) does not exist (README: Ablations)"; done
 	$(LLAMO) eval ablations $(RUNS) --reference $(DEMO_EXP)
 
 clean: ## Remove caches (keeps .venv, data/ and runs/)

@@ -19,6 +19,7 @@ COMMANDS: list[Command] = [
     (("data", "check"), "llamo.commands.data:check"),
     (("render",), "llamo.commands.data:render"),
     (("prepare-llm",), "llamo.commands.data:prepare_llm"),
+    (("convert", "motionstreamer-tae"), "llamo.commands.convert:motionstreamer_tae"),
     (("eval", "vae"), "llamo.commands.evaluation:vae"),
     (("eval", "evaluator"), "llamo.commands.evaluation:evaluator"),
     (("eval", "language"), "llamo.commands.evaluation:language"),

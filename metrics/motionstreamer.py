@@ -71,10 +71,7 @@ Example (tiny random model; real use: ``MotionStreamerEvaluator.load(converted_d
 from __future__ import annotations
 
 import hashlib
-import pickle
-import re
 import shutil
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -85,7 +82,14 @@ import torch
 from torch import Tensor, nn
 
 from metrics.evaluator import packaged_minilm_path, sinusoidal_positions
-from stageio import CONFIG_FILE, WEIGHTS_FILE, load_stage_weights, read_stage_config, save_stage_output
+from stageio import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    load_stage_weights,
+    read_stage_config,
+    read_torch_checkpoint,
+    save_stage_output,
+)
 
 __all__ = [
     "DISTILBERT_BASE_UNCASED",
@@ -528,32 +532,8 @@ def _check_pe(key: str, value: Tensor, width: int) -> list[str]:
 
 def _read_checkpoint(path: Path, allow_pickle: bool) -> Mapping[str, Any]:
     """The top-level object of a torch checkpoint; every failure is one ValueError naming the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err):
-            raise ValueError(f"{path} cannot be read: it is truncated or corrupt ({err}); download it again") from err
-        if not allow_pickle:
-            hint = "" if zipfile.is_zipfile(path) else " (it is not a zip archive: it may also be truncated)"
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-            what = found.group(1) if found else "non-tensor objects"
-            raise ValueError(
-                f"{path} stores Python objects beyond tensors ({what}, e.g. Lightning hyper-parameters), so reading "
-                f"it needs a full unpickle, which can run arbitrary code{hint}. If you trust the file (the released "
-                "Evaluator_272/epoch=99.ckpt from lxxiao/MotionStreamer), pass --allow-pickle (allow_pickle=True) "
-                "once; the converted folder is weights-only and never unpickled again"
-            ) from err
-    except Exception as err:  # torch raises RuntimeError/EOFError/KeyError/... for truncated or foreign files
-        raise ValueError(f"{path} cannot be read: it is truncated or corrupt ({err}); download it again") from err
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except ModuleNotFoundError as err:
-        raise ValueError(
-            f"unpickling {path} needs the Python module {err.name!r}, which is not installed; install it "
-            f"(e.g. `pip install {err.name}`) for the one-time conversion"
-        ) from err
-    except Exception as err:  # as above, plus pickle's own errors for truncated data
-        raise ValueError(f"{path} cannot be read: it is truncated or corrupt ({err}); download it again") from err
+    trusted = "the released Evaluator_272/epoch=99.ckpt from lxxiao/MotionStreamer"
+    return read_torch_checkpoint(path, allow_pickle, trusted=trusted, flag="--allow-pickle")
 
 
 def convert_motionstreamer_evaluator(

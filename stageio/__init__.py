@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import re
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,3 +337,41 @@ def load_stage_weights(
     result = module.load_state_dict(out.state_dict, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
     return out
+
+
+def read_torch_checkpoint(
+    path: str | Path, allow_pickle: bool = False, trusted: str = "a released checkpoint", flag: str = "--allow_pickle"
+) -> Any:
+    """The top-level object of a foreign torch checkpoint (``torch.save``), for one-time weight conversions.
+
+    Reads with ``weights_only=True`` first (tensors and plain containers only: nothing can run). A file that needs
+    a full unpickle is read only with ``allow_pickle``; without it, and for a truncated, corrupt or foreign file,
+    raises ONE ``ValueError`` naming ``path`` and the fix. ``trusted`` names the file the user may trust in that
+    message and ``flag`` the option that sets ``allow_pickle``.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):
+            raise ValueError(f"{path} cannot be read: it is truncated or corrupt ({err}); download it again") from err
+        if not allow_pickle:
+            hint = "" if zipfile.is_zipfile(path) else " (it is not a zip archive: it may also be truncated)"
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            what = found.group(1) if found else "non-tensor objects"
+            raise ValueError(
+                f"{path} stores Python objects beyond tensors ({what}, e.g. Lightning hyper-parameters), so reading "
+                f"it needs a full unpickle, which can run arbitrary code{hint}. If you trust the file ({trusted}), "
+                f"pass {flag} (allow_pickle=True) once; the converted folder is weights-only and never unpickled again"
+            ) from err
+    except Exception as err:  # torch raises RuntimeError/EOFError/KeyError/... for truncated or foreign files
+        raise ValueError(f"{path} cannot be read: it is truncated or corrupt ({err}); download it again") from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as err:
+        raise ValueError(
+            f"unpickling {path} needs the Python module {err.name!r}, which is not installed; install it "
+            f"(e.g. `pip install {err.name}`) for the one-time conversion"
+        ) from err
+    except Exception as err:  # as above, plus pickle's own errors for truncated data
+        raise ValueError(f"{path} cannot be read: it is truncated or corrupt ({err}); download it again") from err

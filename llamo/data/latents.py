@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from stageio import CONFIG_FILE, WEIGHTS_FILE, load_stage_output, load_stage_weights
+from stageio import CONFIG_FILE, WEIGHTS_FILE, load_stage_output, load_stage_weights, read_stage_config
 from llamo.core.vae import CausalMotionVAE, VAEConfig
 from llamo.data.humanml272 import MotionCorpus
 from llamo.motion.filters import check_expressive
@@ -34,6 +34,23 @@ def load_vae(stage_dir: str | Path) -> CausalMotionVAE:
     vae = CausalMotionVAE(VAEConfig(**out.config))
     load_stage_weights(vae, out, expected_kind=CausalMotionVAE.__name__)
     return vae.eval().requires_grad_(False)
+
+
+def check_vae_latent_dim(vae_dir: str | Path, latent_dim: int) -> None:
+    """Raise a ValueError naming both widths and the YAML keys when the VAE at ``vae_dir`` does not make
+    ``latent_dim``-wide latents (the LLaMo model's ``core.latent_dim``). Reads only ``config.json``."""
+    meta = read_stage_config(vae_dir)
+    if meta["kind"] != CausalMotionVAE.__name__:
+        raise ValueError(f"{vae_dir} holds a {meta['kind']!r} stage output, not a CausalMotionVAE; pass the VAE run")
+    vae_width = meta["config"].get("latent_dim")
+    if vae_width != latent_dim:
+        raise ValueError(
+            f"latent width mismatch: the VAE at data.init_args.vae_dir={str(vae_dir)!r} makes latent_dim={vae_width} "
+            f"latents, but the LLaMo model has latent_dim={latent_dim} (model.init_args.core.latent_dim). Set "
+            f"`model: init_args: core: latent_dim: {vae_width}` in the stage YAMLs (as experiments/ablations/"
+            f"latent16 and motionstreamer_tae do), or point data.init_args.vae_dir at a VAE with latent_dim="
+            f"{latent_dim}"
+        )
 
 
 def vae_fingerprint(stage_dir: str | Path) -> str:

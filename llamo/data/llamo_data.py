@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from llamo.core.format import FormattedSample, MotionTextBatch, SequenceFormatter, collate_samples
-from llamo.data.latents import LatentSet, build_latents
+from llamo.data.latents import LatentSet, build_latents, check_vae_latent_dim
 from llamo.data.stream import StreamOrder, check_stream_layout, stream_layout, stream_loader, stream_start
 from llamo.data.stream import uniform as _uniform
 
@@ -133,6 +133,9 @@ class LLaMoDataModule(L.LightningDataModule):
                 )
             self.formatter = core.sequence_formatter()
         h = self.hparams
+        if self.train_set is None or (h.val_split and self.val_set is None):
+            # before encoding the corpus: a wrong VAE would otherwise fail much later, deep inside the model
+            check_vae_latent_dim(h.vae_dir, self.formatter.latent_dim)
         if self.train_set is None:
             self.train_set = MotionTextDataset(
                 self._latents("train"), self.formatter, h.t2m_ratio, h.max_latents, h.seed
