@@ -41,6 +41,11 @@ class StageModule(L.LightningModule):
         """State-dict prefixes of ``self.core`` not written to the handoff (e.g. the frozen base LLM)."""
         return []
 
+    def handoff_extra(self) -> dict[str, Any]:
+        """Informational entries written into the handoff's ``config.json`` beside the config (not checked on
+        load), e.g. what the stage was trained with that inference needs to know. Default: none."""
+        return {}
+
     def step_seed(self, batch_idx: int) -> int:
         """Seed of the global RNG for this training batch (63 bits, from ``hparams.seed``, step, batch, rank)."""
         seed = int(self.hparams.get("seed", 0))
