@@ -142,9 +142,7 @@ def test_run_without_a_recorded_length_says_so(
     assert "--window_frames, e.g. 300" in capsys.readouterr().err
 
 
-def test_fit_records_the_training_length_and_load_run_windows_by_it(
-    tmp_path: Path, real_features: np.ndarray
-) -> None:
+def test_fit_records_the_training_length_and_load_run_windows_by_it(tmp_path: Path, real_features: np.ndarray) -> None:
     """A real (tiny) stage-1 `llamo fit` writes ``training_motion`` into its handoff; `load_run` windows by it."""
     ws = stage_workspace(tmp_path)
     cli_main(stage_args(ws, 1, "s1", "--data.init_args.max_latents=20", steps=1))

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from llamo.inference.fast import resolve_decode
 from llamo.inference.run import LLaMoRun, LongMotionWarning, load_run
 from llamo.inference.t2m import MotionChunk
+from llamo.motion.progress import progress as progress_bar
 from llamo.motion.render import SUFFIXES, render_motion
 
 __all__ = ["RunSelection", "caption", "chat", "generate"]
@@ -137,7 +138,7 @@ def generate(
     features: list[list[np.ndarray]] = [[] for _ in prompts]
     first_frame = None
     start = time.perf_counter()
-    with tqdm(total=4 * max_tokens * len(prompts), unit="frame", desc="generate") as bar:
+    with progress_bar(total=4 * max_tokens * len(prompts), unit="frame", desc="generate") as bar:
         while True:
             try:
                 chunk = next(chunks)
