@@ -1,1 +1,1 @@
-"""Lightning callbacks of llamo (stage handoff, motion previews)."""
+"""Lightning callbacks of llamo (stage handoff, progress lines in logs, motion previews)."""

@@ -78,6 +78,7 @@ class StageHandoff(L.Callback):
                 stage=pl_module.stage_name,
                 excluded_prefixes=pl_module.handoff_excluded_prefixes(),
                 fingerprints=self.fingerprints,
+                extra=pl_module.handoff_extra() if hasattr(pl_module, "handoff_extra") else None,
             )
             log.info("handoff: wrote %s", Path(self.save_to) / "handoff.safetensors")
         trainer.strategy.barrier("stage-handoff-saved")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,8 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from llamo.inference.fast import resolve_decode
-from llamo.inference.run import LLaMoRun, load_run, record_base_fingerprint
+from llamo.inference.run import LLaMoRun, LongMotionWarning, load_run, record_base_fingerprint
 from llamo.inference.t2m import MotionChunk
+from llamo.motion.progress import progress as progress_bar
 from llamo.motion.render import SUFFIXES, render_motion
 
 __all__ = ["RunSelection", "caption", "chat", "generate", "record_fingerprint"]
@@ -137,7 +139,7 @@ def generate(
     features: list[list[np.ndarray]] = [[] for _ in prompts]
     first_frame = None
     start = time.perf_counter()
-    with tqdm(total=4 * max_tokens * len(prompts), unit="frame", desc="generate") as bar:
+    with progress_bar(total=4 * max_tokens * len(prompts), unit="frame", desc="generate") as bar:
         while True:
             try:
                 chunk = next(chunks)
@@ -188,8 +190,14 @@ def caption(
     sample: bool = False,
     temperature: float = 1.0,
     seed: int = 0,
+    window_frames: int | None = None,
 ) -> int:
     """Describe a motion clip with a trained run (motion-to-text); prints the caption.
+
+    A clip longer than the longest motion the stage was trained on (recorded in the stage's config.json, or
+    derived from the config.yaml its `llamo fit` saved) is captioned in windows no longer than that, of near-equal
+    length: stderr says why and which windows, stdout has one ``frames START-END: caption`` line per window (END
+    exclusive). The same text as ``load_run(...).caption(clip)``.
 
     Args:
         clip: (T, 272) features .npy (un-normalised) or (N, latent_dim) latents.
@@ -198,18 +206,29 @@ def caption(
         sample: Sample instead of greedy decoding.
         temperature: Sampling temperature (with --sample).
         seed: Sampling seed (with --sample).
+        window_frames: Caption in windows of at most this many frames (a multiple of 4; default: the stage's
+            training motion length).
     """
     if not clip.is_file():
         raise FileNotFoundError(f"clip {clip} not found")
     motion = np.load(clip)
-    text = run.load().caption(
-        motion.astype(np.float32),
-        normalized=normalized,
-        max_new_tokens=max_new_tokens,
-        greedy=not sample,
-        temperature=temperature,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    loaded = run.load()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LongMotionWarning)
+        text = loaded.caption(
+            motion.astype(np.float32),
+            normalized=normalized,
+            max_new_tokens=max_new_tokens,
+            greedy=not sample,
+            temperature=temperature,
+            generator=torch.Generator().manual_seed(seed),
+            window_frames=window_frames,
+        )
+    for warning in caught:
+        if issubclass(warning.category, LongMotionWarning):
+            print(f"{clip}: {warning.message}", file=sys.stderr)
+        else:  # not ours: let it through as it would have gone without the recording
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     print(text)
     return 0
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
+from llamo.motion.progress import progress as progress_bar
 from stageio import CONFIG_FILE, WEIGHTS_FILE, load_stage_output, load_stage_weights, read_stage_config
 from llamo.core.vae import CausalMotionVAE, VAEConfig
 from llamo.data.humanml272 import MotionCorpus
@@ -128,7 +128,9 @@ def build_latents(
     order = sorted(range(len(records)), key=lambda i: len(records[i].features))  # similar lengths batch together
     encoded: dict[int, torch.Tensor] = {}
     with torch.no_grad():
-        for start in tqdm(range(0, len(order), batch_size), desc=f"encode {split} latents", disable=not progress):
+        for start in progress_bar(
+            range(0, len(order), batch_size), desc=f"encode {split} latents", disable=not progress
+        ):
             chunk = order[start : start + batch_size]
             feats = [records[i].features[: min(max_frames, len(records[i].features)) // down * down] for i in chunk]
             lengths = torch.tensor([len(f) for f in feats])

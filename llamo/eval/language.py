@@ -47,13 +47,13 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from llamo.core.llm import build_llm
 from llamo.eval.settings import EvalSettings, Section
 from llamo.inference.prompts import left_pad, stop_token_ids
 from llamo.inference.run import LLaMoRun
 from llamo.inference.text import LLaMoTextLogitsFn, LogitsFn, decode_tokens, hf_logits_fn
+from llamo.motion.progress import progress as progress_bar
 from stageio import fingerprint_tensors, read_stage_config
 
 __all__ = [
@@ -280,7 +280,7 @@ def greedy_generate(
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     replies = [""] * len(prompts)
     batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc="greedy generation", unit="batch", disable=not progress):
+    for start in progress_bar(batches, desc="greedy generation", unit="batch", disable=not progress):
         rows = order[start : start + batch_size]
         ids, mask = left_pad([encoded[i] for i in rows], pad_id)
         tokens = decode_tokens(
@@ -324,7 +324,9 @@ def perplexity(
     total_nll = torch.zeros((), dtype=torch.float64)
     total_tokens = 0
     with torch.inference_mode():
-        for start in tqdm(range(0, len(encoded), batch_size), desc="perplexity", unit="batch", disable=not progress):
+        for start in progress_bar(
+            range(0, len(encoded), batch_size), desc="perplexity", unit="batch", disable=not progress
+        ):
             ids, mask = left_pad(encoded[start : start + batch_size], pad_id)
             logits = logits_fn(ids, mask)
             if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(ids.shape):

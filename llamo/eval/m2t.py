@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from llamo.data.humanml272 import MotionCorpus
 from llamo.eval.items import TestItems
 from llamo.eval.settings import EvalSettings, Section
 from llamo.inference.run import LLaMoRun
+from llamo.motion.progress import progress as progress_bar
 from metrics.captioning import BERTScoreConfig, build_bert_scorer, caption_metrics
 from metrics.generation import GROUP_SIZE
 
@@ -47,7 +47,7 @@ def m2t_section(
 ) -> None:
     preds = [
         run_model.caption(f, max_new_tokens=settings.caption_tokens)
-        for f in tqdm(items.features, desc="caption test motions", unit="clip")
+        for f in progress_bar(items.features, desc="caption test motions", unit="clip")
     ]
     train = MotionCorpus(data, split="train", min_length=1, preload=False)
     constant, count = most_frequent_caption([train[i].captions for i in range(len(train))])

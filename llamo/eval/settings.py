@@ -90,11 +90,16 @@ class Section:
 
 @contextmanager
 def timed(section: Section) -> Iterator[Section]:
+    """Time ``section`` (``section.seconds``) and print one line when it starts and one with its wall time when it
+    ends, flushed: a log of ``llamo eval run`` (no terminal) shows which table runs and how long each took."""
+    print(f"eval: {section.title} ...", flush=True)
     start = time.perf_counter()
     try:
         yield section
     finally:
         section.seconds = time.perf_counter() - start
+        state = f"skipped ({section.skipped})" if section.skipped else "done"
+        print(f"eval: {section.title}: {state} in {section.seconds:.1f} s", flush=True)
 
 
 def check_finite(value: Any, where: str = "results") -> None:

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from llamo.eval.items import TestItems
 from llamo.eval.settings import EvalSettings, Section
 from llamo.inference.run import LLaMoRun
 from llamo.inference.t2m import STOP_EXIT
+from llamo.motion.progress import progress as progress_bar
 from metrics.generation import DIVERSITY_PAIRS, GROUP_SIZE, embed_clips, embed_texts, repeat_protocol, t2m_metrics
 
 __all__ = ["derangement", "generate_test_motions", "t2m_section"]
@@ -53,7 +53,7 @@ def generate_test_motions(
     out: list[np.ndarray | None] = [None] * len(items.ids)
     reasons: Counter[str] = Counter()
     batches = [order[s : s + settings.gen_batch] for s in range(0, len(order), settings.gen_batch)]
-    for b, batch in enumerate(tqdm(batches, desc="generate test motions", unit="batch")):
+    for b, batch in enumerate(progress_bar(batches, desc="generate test motions", unit="batch")):
         cap = max(lengths[i] for i in batch)
         generator = torch.Generator(device=settings.device).manual_seed(settings.seed * 1000 + b)
         motions = run_model.generate(

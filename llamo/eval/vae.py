@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from llamo.core.vae import CausalMotionVAE
 from llamo.data.humanml272 import MotionCorpus
 from llamo.data.motion_windows import WholeClips, collate_padded
+from llamo.motion.progress import progress as progress_bar
 from llamo.motion.representation import recover_joints, recover_rotations
 from metrics.reconstruction import MPJPE, MPJRE, SJPE, compression_ratio
 
@@ -76,7 +76,7 @@ def evaluate_vae(
     generator = torch.Generator(device=device).manual_seed(seed)
     metrics = {"mpjpe": MPJPE(), "mpjre": MPJRE(), "sjpe": SJPE()}
     frames = 0
-    for start in tqdm(range(0, len(clips), batch_size), desc="eval vae", unit="batch", disable=not progress):
+    for start in progress_bar(range(0, len(clips), batch_size), desc="eval vae", unit="batch", disable=not progress):
         batch = collate_padded(clips[start : start + batch_size])
         motion, lengths = batch["motion"].to(device), batch["lengths"].to(device)
         recon = vae(motion, lengths, sample=not use_mean, generator=generator).recon

@@ -19,7 +19,9 @@ A `LogitsFn` that also implements `IncrementalLogitsFn` (``start`` / ``step`` / 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -39,10 +41,13 @@ __all__ = [
     "IncrementalLogitsFn",
     "LLaMoTextLogitsFn",
     "LogitsFn",
+    "WindowCaption",
     "caption",
+    "caption_windows",
     "chat",
     "decode_tokens",
     "hf_logits_fn",
+    "plan_windows",
     "positions_from_mask",
 ]
 
@@ -336,6 +341,82 @@ def caption(
         generator=generator,
     )
     return formatter.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+@dataclass(frozen=True)
+class WindowCaption:
+    """The caption of one window of a clip: frames ``[start_frame, end_frame)`` (latents ``[start_latent,
+    end_latent)``, ``frames_per_latent`` frames each)."""
+
+    start_frame: int
+    end_frame: int
+    start_latent: int
+    end_latent: int
+    text: str
+
+    def line(self) -> str:
+        """``frames START-END: caption`` (END exclusive), the form `llamo caption` prints per window."""
+        return f"frames {self.start_frame}-{self.end_frame}: {self.text}"
+
+
+def plan_windows(latents: int, window_latents: int) -> list[tuple[int, int]]:
+    """Split ``latents`` tokens into the fewest consecutive windows of at most ``window_latents`` tokens, of
+    near-equal size (``[(start, end), ...]``, end exclusive; sizes differ by at most one).
+
+    Equal sizes rather than full windows plus a remainder: a 76-token clip with 75-token windows gives two 38-token
+    windows, not a 75-token one and a 1-token one whose caption would say nothing.
+    """
+    if window_latents < 1:
+        raise ValueError(f"window_latents must be >= 1, got {window_latents}")
+    if latents < 1:
+        return []
+    count = math.ceil(latents / window_latents)
+    base, extra = divmod(latents, count)
+    bounds, start = [], 0
+    for i in range(count):
+        end = start + base + (1 if i < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def caption_windows(
+    model: LLaMo,
+    vae: CausalMotionVAE | None,
+    motion: Tensor | np.ndarray,
+    *,
+    window_latents: int,
+    normalizer: Normalizer | None = None,
+    normalized: bool = False,
+    **kwargs: Any,
+) -> list[WindowCaption]:
+    """Caption a clip in consecutive windows of at most ``window_latents`` latent tokens (see `plan_windows`).
+
+    ``motion`` is features ``(T, 272)`` or latents ``(N, latent_dim)`` as in `caption`. Features are windowed in
+    frames (``window_latents`` x the VAE's downsampling, trailing ``T % downsampling`` frames dropped as `caption`
+    does) and every window is encoded by the VAE from its own first frame, as each training clip was; latents are
+    windowed as they are. A clip that fits gives one window. ``kwargs`` go to `caption` (decoding options).
+    """
+    x = torch.as_tensor(np.asarray(motion) if isinstance(motion, np.ndarray) else motion)
+    latent_dim = model.config.latent_dim
+    if x.ndim != 2 or x.shape[-1] not in (latent_dim, FEATURE_DIM):
+        raise ValueError(
+            f"motion must be latents (N, {latent_dim}) or features (T, {FEATURE_DIM}), got shape {tuple(x.shape)}"
+        )
+    features = x.shape[-1] == FEATURE_DIM
+    if features and vae is None:
+        raise ValueError("captioning motion features needs the VAE to encode them; pass vae=")
+    per = vae.config.downsample if features and vae is not None else 1
+    frames_per_latent = vae.config.downsample if vae is not None else 4
+    windows = plan_windows(int(x.shape[0]) // per, window_latents)
+    if not windows:
+        raise ValueError("motion has no latent token; give at least 4 frames or one latent")
+    out = []
+    for start, end in windows:
+        piece = x[start * per : end * per]
+        text = caption(model, vae, piece, normalizer=normalizer, normalized=normalized, **kwargs)
+        out.append(WindowCaption(start * frames_per_latent, end * frames_per_latent, start, end, text))
+    return out
 
 
 def chat(

@@ -45,6 +45,11 @@ class StageModule(L.LightningModule):
         """Where ``self.core`` took the excluded sub-trees from, named in a fingerprint mismatch/warning."""
         return f"{type(self).__name__}'s own initialisation"
 
+    def handoff_extra(self) -> dict[str, Any]:
+        """Informational entries written into the handoff's ``config.json`` beside the config (not checked on
+        load), e.g. what the stage was trained with that inference needs to know. Default: none."""
+        return {}
+
     def step_seed(self, batch_idx: int) -> int:
         """Seed of the global RNG for this training batch (63 bits, from ``hparams.seed``, step, batch, rank)."""
         seed = int(self.hparams.get("seed", 0))

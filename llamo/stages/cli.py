@@ -5,6 +5,8 @@
 ``model.class_path`` picks the stage (a :class:`~llamo.stages.base.StageModule`), ``data.class_path`` its
 DataModule. The ``handoff`` arguments (a forced :class:`~callbacks.handoff.StageHandoff`, so an overlay that
 replaces ``trainer.callbacks`` cannot drop it) say where the stage starts from and where it writes its output.
+The ``progress`` arguments configure the forced :class:`~callbacks.progress.LogProgress` (plain progress lines
+when stdout is a log, not a terminal; defaults in ``experiments/base.yaml``), forced for the same reason.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.handoff import StageHandoff
+from callbacks.progress import LogProgress
 from llamo.stages.base import StageModule
 
 log = logging.getLogger(__name__)
 
 
 class LlamoCLI(LightningCLI):
-    """LightningCLI with the forced stage handoff and the resume-vs-handoff rule (resume wins)."""
+    """LightningCLI with the forced stage handoff and log progress, and the resume-vs-handoff rule (resume wins)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(StageHandoff, "handoff")
+        # forced like the handoff: stage files replace `trainer.callbacks` whole, which would drop it from there
+        parser.add_lightning_class_args(LogProgress, "progress")
 
     def before_fit(self) -> None:
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")

@@ -148,6 +148,18 @@ class LLaMoStage(StageModule):
     def handoff_rebuilt_from(self) -> str:
         return describe_llm_source(self.core.config.llm)
 
+    def handoff_extra(self) -> dict[str, Any]:
+        """``training_motion``: the longest motion span this stage trained on, as the DataModule cropped it
+        (``max_latents`` tokens of the first ``max_frames`` frames). Inference (`llamo.inference.run`) windows
+        longer clips to it: the model never saw a longer span, and its captions of one are not about motion."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        hparams = getattr(datamodule, "hparams", {})
+        if "max_latents" not in hparams or "max_frames" not in hparams:
+            return {}  # a DataModule without these settings: load_run falls back to the stage's config.yaml
+        return {
+            "training_motion": {"max_latents": int(hparams["max_latents"]), "max_frames": int(hparams["max_frames"])}
+        }
+
     def sequence_formatter(self) -> SequenceFormatter:
         """The formatter the DataModule uses (tokenizer + [BOM]/[EOM] ids of this core)."""
         return self.core.sequence_formatter()
