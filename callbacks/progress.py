@@ -25,7 +25,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ProgressBar
 
-from llamo.motion.progress import is_tty
+from llamo.progress import is_tty
 
 __all__ = ["LogProgress", "format_duration"]
 

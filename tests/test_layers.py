@@ -1,6 +1,6 @@
 """The dependency rule of the code base (README "Layout"): every package imports only the layers before it.
 
-    stageio  <-  metrics            (standalone: no llamo import)
+    stageio  <-  metrics            (standalone: no llamo import); llamo.progress: a leaf utility of every layer
     llamo.motion  <-  llamo.core  <-  llamo.data  <-  llamo.inference  <-  llamo.eval  <-  llamo.stages, callbacks
                                                                             <-  llamo.commands, llamo.cli (the top)
 
@@ -20,18 +20,21 @@ BASE = {"stageio", "metrics"}  # the standalone packages every llamo layer may u
 MOTION, CORE, DATA = "llamo.motion", "llamo.core", "llamo.data"
 INFERENCE, EVAL = "llamo.inference", "llamo.eval"
 
+PROGRESS = "llamo.progress"  # log-friendly progress bars: a leaf utility every llamo layer may use
+
 #: layer -> the layers it may import (besides itself)
 ALLOWED: dict[str, set[str]] = {
     "stageio": set(),
     "metrics": {"stageio"},
-    MOTION: set(),
-    CORE: {MOTION},
-    DATA: {MOTION, CORE, "stageio"},
-    INFERENCE: {MOTION, CORE, DATA, "stageio"},
-    EVAL: {MOTION, CORE, DATA, INFERENCE} | BASE,
-    "llamo.stages": {MOTION, CORE, DATA, INFERENCE, EVAL, "callbacks"} | BASE,
-    "callbacks": {MOTION, CORE, DATA, INFERENCE, EVAL} | BASE,
-    "llamo.commands": {MOTION, CORE, DATA, INFERENCE, EVAL, "llamo.stages", "callbacks"} | BASE,
+    PROGRESS: set(),
+    MOTION: {PROGRESS},
+    CORE: {MOTION, PROGRESS},
+    DATA: {MOTION, CORE, PROGRESS, "stageio"},
+    INFERENCE: {MOTION, CORE, DATA, PROGRESS, "stageio"},
+    EVAL: {MOTION, CORE, DATA, INFERENCE, PROGRESS} | BASE,
+    "llamo.stages": {MOTION, CORE, DATA, INFERENCE, EVAL, PROGRESS, "callbacks"} | BASE,
+    "callbacks": {MOTION, CORE, DATA, INFERENCE, EVAL, PROGRESS} | BASE,
+    "llamo.commands": {MOTION, CORE, DATA, INFERENCE, EVAL, PROGRESS, "llamo.stages", "callbacks"} | BASE,
     "llamo.cli": {"llamo.stages", "llamo.commands"} | BASE,
     "llamo.__main__": {"llamo.cli"},
     "llamo": set(),  # the package's __init__

@@ -15,7 +15,7 @@ from tiny_llamo import stage_args, stage_workspace
 
 from callbacks.progress import LogProgress, format_duration
 from llamo.eval.settings import Section, timed
-from llamo.motion.progress import progress
+from llamo.progress import progress
 from llamo.stages.cli import cli_main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from llamo.inference.fast import resolve_decode
 from llamo.inference.run import LLaMoRun, LongMotionWarning, load_run, record_base_fingerprint
 from llamo.inference.t2m import MotionChunk
-from llamo.motion.progress import progress as progress_bar
 from llamo.motion.render import SUFFIXES, render_motion
+from llamo.progress import progress as progress_bar
 
 __all__ = ["RunSelection", "caption", "chat", "generate", "record_fingerprint"]
 

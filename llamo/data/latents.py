@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from llamo.motion.progress import progress as progress_bar
+from llamo.progress import progress as progress_bar
 from stageio import CONFIG_FILE, WEIGHTS_FILE, load_stage_output, load_stage_weights, read_stage_config
 from llamo.core.vae import CausalMotionVAE, VAEConfig
 from llamo.data.humanml272 import MotionCorpus

@@ -53,7 +53,7 @@ from llamo.eval.settings import EvalSettings, Section
 from llamo.inference.prompts import left_pad, stop_token_ids
 from llamo.inference.run import LLaMoRun
 from llamo.inference.text import LLaMoTextLogitsFn, LogitsFn, decode_tokens, hf_logits_fn
-from llamo.motion.progress import progress as progress_bar
+from llamo.progress import progress as progress_bar
 from stageio import fingerprint_tensors, read_stage_config
 
 __all__ = [

@@ -20,7 +20,7 @@ from llamo.data.humanml272 import MotionCorpus
 from llamo.eval.items import TestItems
 from llamo.eval.settings import EvalSettings, Section
 from llamo.inference.run import LLaMoRun
-from llamo.motion.progress import progress as progress_bar
+from llamo.progress import progress as progress_bar
 from metrics.captioning import BERTScoreConfig, build_bert_scorer, caption_metrics
 from metrics.generation import GROUP_SIZE
 

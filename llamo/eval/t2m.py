@@ -22,7 +22,7 @@ from llamo.eval.items import TestItems
 from llamo.eval.settings import EvalSettings, Section
 from llamo.inference.run import LLaMoRun
 from llamo.inference.t2m import STOP_EXIT
-from llamo.motion.progress import progress as progress_bar
+from llamo.progress import progress as progress_bar
 from metrics.generation import DIVERSITY_PAIRS, GROUP_SIZE, embed_clips, embed_texts, repeat_protocol, t2m_metrics
 
 __all__ = ["derangement", "generate_test_motions", "t2m_section"]

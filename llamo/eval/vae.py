@@ -17,8 +17,8 @@ import torch
 from llamo.core.vae import CausalMotionVAE
 from llamo.data.humanml272 import MotionCorpus
 from llamo.data.motion_windows import WholeClips, collate_padded
-from llamo.motion.progress import progress as progress_bar
 from llamo.motion.representation import recover_joints, recover_rotations
+from llamo.progress import progress as progress_bar
 from metrics.reconstruction import MPJPE, MPJRE, SJPE, compression_ratio
 
 
