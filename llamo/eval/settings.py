@@ -15,12 +15,15 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["MAX_FRAMES", "MIN_FRAMES", "EvalSettings", "Section", "check_finite", "timed"]
+__all__ = ["MAX_FRAMES", "MIN_FRAMES", "SUITE_REPEATS", "EvalSettings", "Section", "check_finite", "timed"]
 
 #: T2M test protocol: clips with MIN_FRAMES <= T <= MAX_FRAMES (MotionStreamer: 60 <= T < 300)
 MIN_FRAMES = 60
 
 MAX_FRAMES = 299
+
+#: repetitions of the suite's T2M protocol (MotionStreamer's is one run)
+SUITE_REPEATS = 20
 
 
 @dataclass
@@ -38,7 +41,7 @@ class EvalSettings:
     stop earlier, capped at the ground-truth length."""
     stage: str | None = None
     """LLaMo stage folder evaluated (None: the newest of stage3, stage2, stage1)."""
-    repeats: int = 20
+    repeats: int = SUITE_REPEATS
     """Repetitions of the T2M protocol (R-precision groups, Diversity pairs)."""
     seed: int = 0
     """Seed of the item subset, the caption choice, the generation noise and the protocol."""
@@ -55,7 +58,23 @@ class EvalSettings:
     device: str | None = None
     """Torch device of every model (None: cuda when available, else cpu)."""
     bertscore: bool = True
-    """Compute BERTScore (packaged MiniLM, offline)."""
+    """Compute BERTScore (packaged MiniLM, offline; roberta-large as in TM2T with --bertscore_model)."""
+    protocol: Literal["suite", "motionstreamer"] = "suite"
+    """Table 3 protocol: ``suite`` (shuffled groups of 32 over every item, --repeats runs, mean ± 95 % interval)
+    or ``motionstreamer`` (MotionStreamer's eval_t2m.py: its test items and crops, shuffled batches of 32 with the
+    last incomplete one dropped, GT-length generation, one run with --seed; `llamo.eval.motionstreamer`)."""
+    evaluator: str | None = None
+    """Evaluator folder of Tables 3/4 (None: the run's evaluator/). A converted MotionStreamer evaluator
+    (``python -m metrics convert-evaluator motionstreamer ...``) gives numbers comparable with the paper."""
+    mean_std: str | None = None
+    """Folder with the Mean.npy/Std.npy the evaluator normalises motion with (None: the evaluator folder's). A
+    MotionStreamer evaluator needs the HumanML3D-272 Mean/Std it was trained with, not the run's corpus statistics."""
+    bertscore_model: str | None = None
+    """Local roberta-large folder: Table 4's BERTScore as in TM2T (layer 17, IDF, baseline rescaling) instead of
+    the packaged MiniLM."""
+    paper: bool = False
+    """Everything comparable with the paper: the MotionStreamer evaluator (--evaluator, --mean_std), its protocol
+    (implies --protocol motionstreamer) and the TM2T BERTScore (--bertscore_model); one error lists what is missing."""
 
     def __post_init__(self) -> None:
         if self.device is None:
@@ -72,6 +91,27 @@ class EvalSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 2 (or omitted for all), got {value}")
         if self.min_frames > self.max_frames or self.min_frames < 4:
             raise ValueError(f"--min-frames ({self.min_frames}) must be >= 4 and <= --max-frames ({self.max_frames})")
+        self._check_protocol()
+
+    def _check_protocol(self) -> None:
+        """``--paper`` implies MotionStreamer's protocol, which is one run of every item at the GT length."""
+        if self.protocol not in ("suite", "motionstreamer"):
+            raise ValueError(f"--protocol must be 'suite' or 'motionstreamer', got {self.protocol!r}")
+        if self.paper:
+            self.protocol = "motionstreamer"
+        if self.bertscore_model is not None and not self.bertscore:
+            raise ValueError("--bertscore_model selects the BERTScore model, --no_bertscore turns BERTScore off; "
+                             "pass one of them")
+        if self.protocol != "motionstreamer":
+            return
+        why = "--paper implies --protocol motionstreamer" if self.paper else "--protocol motionstreamer"
+        if self.length != "gt":
+            raise ValueError(f"{why}, which generates at the ground-truth length; drop --length {self.length}")
+        if self.items is not None:
+            raise ValueError(f"{why}, which scores every test item; drop --items {self.items}")
+        if self.repeats != SUITE_REPEATS:
+            raise ValueError(f"{why}, which is one run with --seed; --repeats ({self.repeats}) applies to "
+                             "--protocol suite only, drop it")
 
 
 class Section:
