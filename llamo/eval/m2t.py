@@ -18,10 +18,11 @@ from torch import Tensor
 
 from llamo.data.humanml272 import MotionCorpus
 from llamo.eval.items import TestItems
+from llamo.eval.paper import bertscore_config
 from llamo.eval.settings import EvalSettings, Section
 from llamo.inference.run import LLaMoRun
 from llamo.progress import progress as progress_bar
-from metrics.captioning import BERTScoreConfig, build_bert_scorer, caption_metrics
+from metrics.captioning import build_bert_scorer, caption_metrics
 from metrics.generation import GROUP_SIZE
 
 __all__ = ["m2t_section", "most_frequent_caption"]
@@ -51,8 +52,8 @@ def m2t_section(
     ]
     train = MotionCorpus(data, split="train", min_length=1, preload=False)
     constant, count = most_frequent_caption([train[i].captions for i in range(len(train))])
-    scorer = build_bert_scorer(BERTScoreConfig()) if settings.bertscore else None
-    config = BERTScoreConfig() if settings.bertscore else None
+    config = bertscore_config(settings)
+    scorer = build_bert_scorer(config) if config is not None else None
     group = min(GROUP_SIZE, len(items.ids))
 
     def score(preds_: Sequence[str], refs: Sequence[Sequence[str]], retrieval: bool) -> dict[str, float]:
@@ -85,10 +86,16 @@ def m2t_section(
         "LLaMo and the constant baseline are scored against all captions of each item (TM2T rule: 3 references); "
         f"the reference row scores each item's first caption against its other captions ({len(multi)} items).",
         f'Constant caption: the most frequent training caption ("{constant}", {count} times in split "train").',
-        "BLEU/ROUGE-L/CIDEr via pycocoevalcap (PTB tokens), BERTScore F1 with the packaged all-MiniLM-L6-v2 (layer 6, "
-        "no IDF, no rescaling: comparable only within this table); all x100."
-        if settings.bertscore
-        else "BERTScore skipped (--no-bertscore).",
+        "BLEU/ROUGE-L/CIDEr via pycocoevalcap (PTB tokens), "
+        + (
+            "BERTScore skipped (--no-bertscore)."
+            if config is None
+            else f"BERTScore F1 with roberta-large (`{config.model}`, layer 17, IDF, baseline rescaling) as in TM2T; "
+            "all x100."
+            if settings.bertscore_model is not None
+            else "BERTScore F1 with the packaged all-MiniLM-L6-v2 (layer 6, no IDF, no rescaling: comparable only "
+            "within this table); all x100."
+        ),
         f"R@3 / MM-D: captions retrieved against the ground-truth motions in the evaluator space (groups of {group})"
         + ("" if real_embeddings is not None else " — skipped: no evaluator")
         + ".",
