@@ -9,7 +9,9 @@ a multiple of 4; ``--items`` takes a seeded subset) and states its own wall time
 
 - **Table 2** (reconstruction): the run's VAE through `llamo.eval.vae.evaluate_vae` (the ``llamo eval vae``
   protocol: sampled z, MPJPE mm, MPJRE degrees, sJPE, T.Down, Comp.), next to the Real Motion row.
-- **Table 3** (text-to-motion): `llamo.eval.t2m`.
+- **Table 3** (text-to-motion): `llamo.eval.t2m` (``--protocol suite``, default) or MotionStreamer's
+  ``eval_t2m.py`` protocol (``--protocol motionstreamer``, `llamo.eval.motionstreamer`); ``--evaluator`` /
+  ``--mean_std`` / ``--bertscore_model`` / ``--paper`` pick the comparable inputs (`llamo.eval.paper`).
 - **Table 4** (motion-to-text): `llamo.eval.m2t`.
 - **Language preservation**: the base LLM and LLaMo's text path on the shipped probe (`llamo.eval.language`):
   accuracy and perplexity. With MoT (frozen text branch) the two must be identical; the report says whether
@@ -43,13 +45,16 @@ from llamo.eval.ablations import summary_row
 from llamo.eval.items import TestItems, load_test_items
 from llamo.eval.language import language_section
 from llamo.eval.m2t import m2t_section
+from llamo.eval.motionstreamer import PROTOCOL_NAME as MOTIONSTREAMER_PROTOCOL
+from llamo.eval.motionstreamer import motionstreamer_t2m_section
+from llamo.eval.paper import EvalInputs, resolve_eval_inputs
 from llamo.eval.settings import EvalSettings, Section, check_finite, timed
 from llamo.eval.t2m import t2m_section
 from llamo.eval.vae import evaluate_vae
 from llamo.inference.run import LLAMO_STAGES, find_llamo_stage, load_run
 from llamo.motion.render import render_motion
 from metrics.evaluators import load_evaluator
-from metrics.generation import load_mean_std
+from metrics.generation import embed_clips, load_mean_std
 
 __all__ = ["RUN_STAGES", "evaluate_run", "training_wall_times"]
 
@@ -129,6 +134,30 @@ def samples_section(
     section.data["rows"] = rendered
 
 
+def _name_protocols(sections: dict[str, Section], inputs: EvalInputs, settings: EvalSettings) -> None:
+    """Every table says which protocol it follows (``protocol`` of its section, printed under its title)."""
+    sections["reconstruction"].data["protocol"] = (
+        "`llamo eval vae` (MotionStreamer's `eval_causal_TAE.py` test clips: 60 <= T < 300, multiple-of-4 crops, "
+        "sampled z)"
+    )
+    evaluator = inputs.describe_evaluator()
+    if inputs.protocol == "motionstreamer":
+        sections["t2m"].data["protocol"] = f"{MOTIONSTREAMER_PROTOCOL}; {evaluator}"
+    else:
+        sections["t2m"].data["protocol"] = (
+            f"suite (`--protocol suite`: shuffled groups of 32, {settings.repeats} runs, mean ± 95 % interval); "
+            f"{evaluator}"
+        )
+    bert = inputs.bertscore
+    sections["m2t"].data["protocol"] = "TM2T (greedy captions of the test clips, every reference); BERTScore " + (
+        "off"
+        if bert is None
+        else f"TM2T roberta-large (layer {bert.num_layers}, IDF, rescaled)"
+        if bert.model is not None
+        else "packaged MiniLM (not comparable with the paper)"
+    )
+
+
 def evaluate_run(
     run_dir: str | Path, data_dir: str | Path, settings: EvalSettings | None = None, out_dir: str | Path | None = None
 ) -> dict[str, Any]:
@@ -141,6 +170,8 @@ def evaluate_run(
         raise FileNotFoundError(f"run folder {run} does not exist; train it first (`make pipeline EXP=...`)")
     if not data.is_dir():
         raise FileNotFoundError(f"data folder {data} does not exist; pass the corpus the run was trained on (--data)")
+    # before any table: a wrong --evaluator / --mean_std / --paper input fails now, not after Table 2
+    inputs = resolve_eval_inputs(run, settings)
     start = time.perf_counter()
     torch.manual_seed(settings.seed)
     sections = {
@@ -164,20 +195,30 @@ def evaluate_run(
     else:
         run_model = load_run(run, stage_dir.name, device=settings.device)
         items = load_test_items(data, settings)
-        if (run / "evaluator" / "handoff.safetensors").is_file():
-            evaluator = load_evaluator(run / "evaluator", map_location=settings.device)
-            mean, std = load_mean_std(run / "evaluator")
+        if inputs.evaluator_dir is not None and inputs.mean_std_dir is not None:
+            evaluator = load_evaluator(inputs.evaluator_dir, map_location=settings.device)
+            mean, std = load_mean_std(inputs.mean_std_dir)
         else:
             missing = run / "evaluator" / "handoff.safetensors"
             sections["t2m"].skipped = f"{missing} does not exist (the evaluator stage did not run)"
 
+    _name_protocols(sections, inputs, settings)
     t2m_out: dict[str, Any] = {}
     if run_model is not None and items is not None:
         if evaluator is not None:
             with timed(sections["t2m"]) as s:
-                t2m_out = t2m_section(run_model, evaluator, mean, std, items, settings, s)
+                if inputs.protocol == "motionstreamer":
+                    t2m_out = motionstreamer_t2m_section(
+                        run_model, evaluator, mean, std, data, settings, s, inputs.describe_evaluator()
+                    )
+                else:
+                    t2m_out = t2m_section(run_model, evaluator, mean, std, items, settings, s)
+        real_embeddings = t2m_out.get("real_embeddings")
+        if real_embeddings is None and evaluator is not None:
+            # Table 4 scores the suite's items; Table 3's MotionStreamer items (sub-clips, random crops) differ
+            real_embeddings = embed_clips(evaluator, items.features, mean, std, device=settings.device)
         with timed(sections["m2t"]) as s:
-            m2t_section(run_model, evaluator, t2m_out.get("real_embeddings"), items, data, settings, s)
+            m2t_section(run_model, evaluator, real_embeddings, items, data, settings, s)
         with timed(sections["language"]) as s:
             language_section(run_model, settings, s)
         if "generated" not in t2m_out:
@@ -186,7 +227,7 @@ def evaluate_run(
             sections["samples"].skipped = "--samples 0"
         else:
             with timed(sections["samples"]) as s:
-                samples_section(t2m_out["generated"], items, out, settings.samples, s)
+                samples_section(t2m_out["generated"], t2m_out.get("items", items), out, settings.samples, s)
 
     results: dict[str, Any] = {
         "run": str(run),
