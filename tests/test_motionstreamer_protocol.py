@@ -319,3 +319,61 @@ def test_report_names_the_protocol_and_accepts_single_run_rows() -> None:
     assert "Protocol: `llamo eval vae`." in md
     assert "| L | 1.000 | 0.300 | 0.400 | 0.500 | 15.000 | 27.000 |" in md  # one run: bare values
     assert "margin +0.400 (needs > 0.050)" in md
+
+
+class _FakeRun:
+    """Just what the Table-3 section calls: ``generate`` (GT-length features) and the flow-head config."""
+
+    class _Motion:
+        def __init__(self, features: torch.Tensor) -> None:
+            self.features, self.stop_reason = features, "max_tokens"
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.stage_dir = Path("stage3")
+        head = SimpleNamespace(config=SimpleNamespace(sample_steps=8, guidance_scale=4.0))
+        self.model = SimpleNamespace(flow_head=head)
+
+    def generate(self, prompts: list[str], max_tokens: int, generator: torch.Generator, **_: object) -> list:
+        return [self._Motion(torch.randn(4 * max_tokens, 272, generator=generator)) for _ in prompts]
+
+
+class _FakeEvaluator:
+    """Embeds a motion by its mean first 8 features and a caption by its character counts (deterministic)."""
+
+    config = type("C", (), {"feature_dim": 272})()
+
+    def encode_motion(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.stack([f[: int(n), :8].mean(0) for f, n in zip(features, lengths)])
+
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        return torch.tensor([[c.count(ch) for ch in "aeiourstn"[:8]] for c in captions], dtype=torch.float32)
+
+
+def test_section_runs_the_protocol_end_to_end(tmp_path: Path) -> None:
+    from llamo.eval.motionstreamer import motionstreamer_t2m_section
+    from llamo.eval.settings import Section
+
+    root = tmp_path / "many"
+    for sub in ("motion_data", "texts", "split"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ids = [f"m{i:03d}" for i in range(140)]
+    for i, clip_id in enumerate(ids):
+        np.save(root / "motion_data" / f"{clip_id}.npy", rng.normal(size=(int(rng.integers(60, 300)), 272)))
+        (root / "texts" / f"{clip_id}.txt").write_text(f"a person moves {'x' * (i % 7)}#a/DET#0.0#0.0\n")
+    (root / "split" / "test.txt").write_text("\n".join(ids) + "\n")
+    section = Section("t2m", "Table 3")
+    settings = EvalSettings(protocol="motionstreamer", device="cpu", seed=5, gen_batch=64)
+    mean, std = np.zeros(272, np.float32), np.ones(272, np.float32)
+    out = motionstreamer_t2m_section(_FakeRun(), _FakeEvaluator(), mean, std, root, settings, section)
+    assert section.data["pairs"] == 128 and section.data["items"]["items"] == 140  # 4 batches of 32
+    names = [r["name"] for r in section.data["rows"]]
+    assert names == ["Real motion", "Shuffled real (wrong captions)", "LLaMo (stage3)"]
+    assert all(r["R@3_ci95"] is None for r in section.data["rows"]) and section.data["rows"][0]["FID"] is None
+    assert [len(g) for g in out["generated"]] == [len(f) for f in out["items"].features]  # the GT length
+    assert any("100 pairs" in n for n in section.notes)
+    again = Section("t2m", "Table 3")
+    motionstreamer_t2m_section(_FakeRun(), _FakeEvaluator(), mean, std, root, settings, again)
+    assert again.data["rows"] == section.data["rows"]  # one seeded run: reproducible

@@ -63,8 +63,10 @@ class EvalInputs:
 
 
 def _has_mean_std(directory: Path) -> bool:
-    return any((directory / m).is_file() and (directory / s).is_file() for m, s in (("Mean.npy", "Std.npy"),
-                                                                                  ("mean.npy", "std.npy")))
+    return any(
+        (directory / m).is_file() and (directory / s).is_file()
+        for m, s in (("Mean.npy", "Std.npy"), ("mean.npy", "std.npy"))
+    )
 
 
 def _evaluator_problem(directory: Path) -> str | None:

@@ -100,8 +100,9 @@ class EvalSettings:
         if self.paper:
             self.protocol = "motionstreamer"
         if self.bertscore_model is not None and not self.bertscore:
-            raise ValueError("--bertscore_model selects the BERTScore model, --no_bertscore turns BERTScore off; "
-                             "pass one of them")
+            raise ValueError(
+                "--bertscore_model selects the BERTScore model, --no_bertscore turns BERTScore off; pass one of them"
+            )
         if self.protocol != "motionstreamer":
             return
         why = "--paper implies --protocol motionstreamer" if self.paper else "--protocol motionstreamer"
@@ -110,8 +111,10 @@ class EvalSettings:
         if self.items is not None:
             raise ValueError(f"{why}, which scores every test item; drop --items {self.items}")
         if self.repeats != SUITE_REPEATS:
-            raise ValueError(f"{why}, which is one run with --seed; --repeats ({self.repeats}) applies to "
-                             "--protocol suite only, drop it")
+            raise ValueError(
+                f"{why}, which is one run with --seed; --repeats ({self.repeats}) applies to "
+                "--protocol suite only, drop it"
+            )
 
 
 class Section:
