@@ -24,6 +24,7 @@ COMMANDS: list[Command] = [
     (("eval", "evaluator"), "llamo.commands.evaluation:evaluator"),
     (("eval", "language"), "llamo.commands.evaluation:language"),
     (("eval", "run"), "llamo.commands.evaluation:run"),
+    (("eval", "sweep"), "llamo.commands.evaluation:sweep"),
     (("eval", "ablations"), "llamo.commands.evaluation:ablations"),
     (("generate",), "llamo.commands.inference:generate"),
     (("caption",), "llamo.commands.inference:caption"),

@@ -18,13 +18,14 @@ from llamo.eval.markdown import format_language_table, format_report
 from llamo.eval.report import evaluate_run
 from llamo.eval.retrieval import evaluate_retrieval
 from llamo.eval.settings import EvalSettings
+from llamo.eval.sweep import PLOT_FILE, SweepSettings, format_sweep_table, plot_sweep, record_sweep, run_sweep
 from llamo.eval.vae import evaluate_vae
 from llamo.inference.text import hf_logits_fn
 from metrics.command import write_json
 from metrics.evaluators import load_evaluator
 from metrics.generation import GROUP_SIZE, TOP_K
 
-__all__ = ["ablations", "evaluator", "language", "run", "vae"]
+__all__ = ["ablations", "evaluator", "language", "run", "sweep", "vae"]
 
 
 def default_device(device: str | None) -> str:
@@ -228,6 +229,30 @@ def run(
     report_path.write_text(markdown, encoding="utf-8")
     print(markdown)
     print(f"wrote {json_path} and {report_path}", file=sys.stderr)
+    return 0
+
+
+def sweep(run: Path, /, *, data: Path, settings: SweepSettings, record: bool = True) -> int:
+    """Choose a run's guidance scale, unconditional source and Euler steps on the validation split.
+
+    Scores every setting of the grid (FID, R@3, MM-Dist, ms per token) with the run's evaluator, prints the table,
+    draws the curves to RUN/sweep.png and records the setting the README's rule picks in RUN/generation.json,
+    which `llamo generate` and `llamo eval run` then use by default (explicit flags still win). --split test is
+    refused: the choice must not see the test split.
+
+    Args:
+        run: Run folder with vae/, evaluator/, stage1..3/ (e.g. runs/demo).
+        data: Corpus folder the run was trained on.
+        record: Write RUN/generation.json (--no_record: print and plot only).
+    """
+    result = run_sweep(run, data, settings)
+    print(format_sweep_table(result))
+    plot = plot_sweep(result, run / PLOT_FILE)
+    print(f"wrote {plot}", file=sys.stderr)
+    if record:
+        print(f"wrote {record_sweep(run, result)} (used by llamo generate / llamo eval run)", file=sys.stderr)
+    else:
+        print("--no_record: nothing recorded; generation keeps its current default", file=sys.stderr)
     return 0
 
 

@@ -85,7 +85,7 @@ def generate(
     seed: int = 0,
     steps: int | None = None,
     guidance_scale: float | None = None,
-    cfg: Literal["null", "prompt"] = "null",
+    cfg: Literal["null", "prompt"] | None = None,
     exit_threshold: float = 0.5,
     min_tokens: int = 10,
     max_tokens: int = 75,
@@ -102,9 +102,11 @@ def generate(
         prompts: Caption(s) of the motion(s) to generate (one stream each).
         out: Output .gif/.mp4/.png (rendered) or .npy (un-normalised (T, 272) features).
         seed: Seed of the flow-head noise.
-        steps: Euler steps of the flow head (default: model config).
-        guidance_scale: CFG scale (default: model config).
-        cfg: Unconditional source of CFG: the learned null condition or empty-caption prompt rows.
+        steps: Euler steps of the flow head (default: the setting `llamo eval sweep` recorded in RUN/generation.json,
+            else the model config).
+        guidance_scale: CFG scale (default: as --steps).
+        cfg: Unconditional source of CFG: the learned null condition or empty-caption prompt rows (default: as
+            --steps; null without a recorded setting).
         exit_threshold: Exit probability that stops a motion.
         min_tokens: Latents before the exit head may stop.
         max_tokens: Latents at most, 4 frames each.
@@ -123,13 +125,13 @@ def generate(
         )
     how = f"{path} (auto)" if decode == "auto" else path
     print(f"decode path: {how}", file=sys.stderr)
-    loaded = run.load()
+    loaded = run.load().with_generation(steps, guidance_scale, cfg, flags="--steps/--guidance_scale/--cfg")
+    setting = loaded.generation
+    assert setting is not None  # with_generation always sets one
+    print(f"generation setting: {setting.describe()} ({setting.source})", file=sys.stderr)
     generator = torch.Generator().manual_seed(seed)
     chunks = loaded.stream(
         prompts,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        cfg=cfg,
         exit_threshold=exit_threshold,
         min_tokens=min_tokens,
         max_tokens=max_tokens,

@@ -101,6 +101,13 @@ def format_report(results: Mapping[str, Any]) -> str:
         f"`{results['llamo_stage'] or '-'}`, evaluated {results['created']}; total evaluation wall time "
         f"{results['seconds']:.1f} s.",
     ]
+    gen = results.get("generation")  # absent from results written before the sweep existed
+    if gen:
+        lines += [
+            "",
+            f"Generation setting (Table 3, samples): {gen['steps']} Euler steps, guidance scale "
+            f"{gen['guidance_scale']:g}, unconditional source `{gen['cfg']}`; from {gen['source']}.",
+        ]
     train = results.get("training", {})
     if train:
         lines += ["", "## Training wall time", "", "| stage | max_steps | fit wall time |", "| --- | ---: | ---: |"]
@@ -169,6 +176,8 @@ def format_report(results: Mapping[str, Any]) -> str:
         lines.append("")
         for r in t["samples"]["rows"]:
             lines.append(f'- `{r["file"]}` ({r["frames"]} frames, test item `{r["id"]}`): "{r["prompt"]}"')
+            if r.get("png"):  # absent from results written before the filmstrips
+                lines += ["", f'  ![{r["id"]}: filmstrip of the generated motion]({r["png"]}) [gif]({r["file"]})', ""]
     skipped = [f"- {s['title']}: {s['skipped']}" for s in t.values() if s["skipped"]]
     lines += ["", "## Skipped", ""] + (skipped or ["- nothing"])
     return "\n".join(lines) + "\n"

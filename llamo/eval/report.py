@@ -18,7 +18,7 @@ a multiple of 4; ``--items`` takes a seeded subset) and states its own wall time
   they are, and whether the rebuilt base is the one the handoff was trained on (its fingerprint against the one
   the handoff recorded, `stageio.fingerprint_tensors`).
 - **Samples**: ``samples/<k>_<id>.gif`` of the first ``--samples`` generated test motions, titled with their
-  prompts (`llamo.motion.render`).
+  prompts (`llamo.motion.render`), each with a ``.png`` filmstrip that the report shows inline.
 
 A part whose inputs are missing (no evaluator, no LLaMo stage, ...) is skipped and the report says why; every
 reported number is checked to be finite. `llamo.eval.markdown.format_report` renders the results;
@@ -123,9 +123,12 @@ def samples_section(
         safe_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in items.ids[k])
         path = out_dir / "samples" / f"{k:02d}_{safe_id}.gif"
         render_motion(generated[k], path, caption=items.prompts[k], progress=False)
+        # a filmstrip beside the gif: the report shows it inline, so a reader sees the motion without opening files
+        strip = render_motion(generated[k], path.with_suffix(".png"), caption=items.prompts[k], progress=False)
         rendered.append(
             {
                 "file": str(path.relative_to(out_dir)),
+                "png": str(strip.relative_to(out_dir)),
                 "prompt": items.prompts[k],
                 "id": items.ids[k],
                 "frames": int(generated[k].shape[0]),
@@ -194,6 +197,10 @@ def evaluate_run(
             sections[key].skipped = reason
     else:
         run_model = load_run(run, stage_dir.name, device=settings.device)
+        # explicit --steps/--guidance_scale/--cfg win over the sweep's record (RUN/generation.json)
+        run_model = run_model.with_generation(
+            settings.steps, settings.guidance_scale, settings.cfg, flags="--steps/--guidance_scale/--cfg"
+        )
         items = load_test_items(data, settings)
         if inputs.evaluator_dir is not None and inputs.mean_std_dir is not None:
             evaluator = load_evaluator(inputs.evaluator_dir, map_location=settings.device)
@@ -234,6 +241,7 @@ def evaluate_run(
         "data": str(data),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "llamo_stage": None if stage_dir is None else stage_dir.name,
+        "generation": None if run_model is None or run_model.generation is None else run_model.generation.to_dict(),
         "settings": asdict(settings),
         "training": training_wall_times(run),
         "tables": {k: s.to_dict() for k, s in sections.items()},

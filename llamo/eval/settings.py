@@ -47,6 +47,12 @@ class EvalSettings:
     """Seed of the item subset, the caption choice, the generation noise and the protocol."""
     gen_batch: int = 16
     """Prompts generated together."""
+    steps: int | None = None
+    """Euler steps of the flow head (None: RUN/generation.json of `llamo eval sweep`, else the model config)."""
+    guidance_scale: float | None = None
+    """CFG scale (None: as --steps)."""
+    cfg: Literal["null", "prompt"] | None = None
+    """Unconditional source of CFG (None: as --steps; null without a recorded setting)."""
     probe_items: int | None = None
     """Language-probe prompts used (None: all of the shipped probe)."""
     caption_tokens: int = 48

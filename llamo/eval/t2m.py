@@ -20,6 +20,7 @@ from torch import Tensor
 
 from llamo.eval.items import TestItems
 from llamo.eval.settings import EvalSettings, Section
+from llamo.inference.guidance import config_default_setting
 from llamo.inference.run import LLaMoRun
 from llamo.inference.t2m import STOP_EXIT
 from llamo.progress import progress as progress_bar
@@ -111,7 +112,7 @@ def t2m_section(
         return r
 
     stage = run_model.stage_dir.name
-    head = run_model.model.flow_head.config
+    setting = run_model.generation or config_default_setting(run_model.model)
     section.data["rows"] = [
         row("Real motion", ours, "real", fid=False),
         row("Shuffled real (wrong captions)", baseline, "gen"),
@@ -128,8 +129,8 @@ def t2m_section(
         f"{n} test items ({items.left_out} outside {settings.min_frames} <= T <= {settings.max_frames} left out"
         + (f", a seeded subset of {items.available}" if n < items.available else "")
         + "); one generation per item from one of its captions (seeded choice).",
-        f"Generation length: {mode} (`--length {settings.length}`); flow head: {head.sample_steps} Euler steps, "
-        f"guidance scale {head.guidance_scale}; stop reasons: {reasons}.",
+        f"Generation length: {mode} (`--length {settings.length}`); stop reasons: {reasons}.",
+        f"Generation setting: {setting.describe()}; from {setting.source}.",
         f"Evaluator embeddings of the run's evaluator; `metrics.generation.t2m_metrics` repeated {settings.repeats} "
         f"times (mean ± 95 % interval), R-precision groups of {group}"
         + (

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from llamo.core.llm import describe_llm_source
 from llamo.core.model import LLaMo, LLaMoConfig
 from llamo.core.vae import CausalMotionVAE
 from llamo.data.latents import load_vae
+from llamo.inference.guidance import GenerationSetting, config_default_setting, resolve_generation
 from llamo.inference.prompts import model_formatter
 from llamo.inference.t2m import GeneratedMotion, MotionChunk, generate_motion, stream_motion
 from llamo.inference.text import WindowCaption, caption_windows, chat
@@ -135,20 +136,39 @@ class LLaMoRun:
     """The folder Mean.npy/Std.npy were read from."""
     motion_limit: MotionLimit | None = None
     """The longest motion the stage was trained on (`training_motion_limit`); None when the run records none."""
+    generation: GenerationSetting | None = None
+    """Default steps / guidance scale / unconditional source of `stream` and `generate`, and why
+    (`llamo.inference.guidance.resolve_generation`: the run's ``generation.json`` or the model config); None:
+    `stream_motion`'s own defaults."""
 
     def _motion_parts(self) -> tuple[CausalMotionVAE, Normalizer]:
         if self.vae is None or self.normalizer is None:
             raise ValueError("this run was loaded with motion=False (no VAE, no Mean/Std); load_run(..., motion=True)")
         return self.vae, self.normalizer
 
+    def _with_setting(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return kwargs if self.generation is None else self.generation.fill(kwargs)
+
+    def with_generation(
+        self, steps: int | None = None, guidance_scale: float | None = None, cfg: str | None = None, flags: str = ""
+    ) -> LLaMoRun:
+        """A copy of this run whose default generation setting has the given values (None keeps one); ``flags``
+        names where they came from in `GenerationSetting.source` (e.g. ``--steps/--guidance_scale``)."""
+        base = self.generation if self.generation is not None else config_default_setting(self.model)
+        return replace(self, generation=base.override(steps, guidance_scale, cfg, flags=flags))
+
     def stream(self, prompts: str | Sequence[str], **kwargs: Any) -> Generator[MotionChunk, None, list[str]]:
-        """`stream_motion` with this run's parts."""
+        """`stream_motion` with this run's parts; ``steps``/``guidance_scale``/``cfg`` left unset (or None) take
+        the run's `generation` setting."""
         vae, normalizer = self._motion_parts()
+        kwargs = self._with_setting(kwargs)
         return stream_motion(self.model, vae, prompts, normalizer=normalizer, formatter=self.formatter, **kwargs)
 
     def generate(self, prompts: str | Sequence[str], **kwargs: Any) -> list[GeneratedMotion]:
-        """`generate_motion` with this run's parts."""
+        """`generate_motion` with this run's parts; ``steps``/``guidance_scale``/``cfg`` left unset (or None) take
+        the run's `generation` setting."""
         vae, normalizer = self._motion_parts()
+        kwargs = self._with_setting(kwargs)
         return generate_motion(self.model, vae, prompts, normalizer=normalizer, formatter=self.formatter, **kwargs)
 
     def window_plan(self, window_frames: int | None = None) -> tuple[int | None, str]:
@@ -282,6 +302,9 @@ def load_run(
     - ``motion=False`` skips the VAE and Mean/Std (text chat only). ``formatter`` overrides `model_formatter`.
     - The stage's training motion length (`training_motion_limit`) goes to ``LLaMoRun.motion_limit``: captions
       of longer clips are made per window of that length.
+    - The default generation setting (`llamo.inference.guidance.resolve_generation`): the steps, guidance scale and
+      unconditional source ``llamo eval sweep`` recorded in ``<run>/generation.json`` for this stage, else the
+      model config's defaults; in ``LLaMoRun.generation``.
     """
     run = Path(run_dir)
     if not run.is_dir():
@@ -311,6 +334,7 @@ def load_run(
         stage_dir=stage_dir,
         mean_std_dir=mean_std_dir,
         motion_limit=None if vae is None else training_motion_limit(stage_dir, vae.config.downsample),
+        generation=resolve_generation(model, run, stage_dir.name),
     )
 
 
