@@ -85,3 +85,76 @@ def test_a_random_seed_is_refused(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         parse_config([*_configs("vae"), "--seed_everything=true"])
     assert "--seed_everything must be an integer" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- Makefile seeds
+
+
+def _make(*args: str) -> str:
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed")
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-s", "-o", "install", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _fits(out: str) -> list[tuple[str, str, str]]:
+    """(run name, stage folder, seed) of every `llamo fit` a dry run would start."""
+    import re
+
+    fits = [line for line in out.splitlines() if line.startswith("FIT fit ")]
+    pattern = r"init_args\.name=(\S+) .*init_args\.version=(\S+) .*--seed_everything=(\d+)"
+    return [re.search(pattern, line).groups() for line in fits]  # type: ignore[union-attr]
+
+
+def test_make_ablations_trains_every_row_per_seed_in_its_own_folder(tmp_path: Path) -> None:
+    out = _make("ablations", "SEEDS=2", f"RUNS={tmp_path}", "LLAMO=echo FIT")
+    fits = set(_fits(out))
+    # seed 0 keeps the folders of earlier releases, seed k > 0 gets -seed<k>; the folder's seed is the fit's seed
+    assert ("ablate-no_mot", "stage2", "0") in fits and ("ablate-no_mot-seed1", "stage2", "1") in fits
+    assert not any(name.startswith("ablate-no_mot-seed2") for name, _, _ in fits)
+    # the VAE-only rows get VAE_SEEDS=3 seeds, and the reference's VAE too
+    assert {(n, s) for n, st, s in fits if n.startswith("ablate-latent16")} == {
+        ("ablate-latent16", "0"),
+        ("ablate-latent16-seed1", "1"),
+        ("ablate-latent16-seed2", "2"),
+    }
+    assert ("demo-seed1", "stage3", "1") in fits and ("demo-seed2", "vae", "2") in fits
+    assert not any(n == "demo-seed2" and st != "vae" for n, st, _ in fits)
+    assert not any(n == "demo" for n, _, _ in fits)  # seed 0's reference is `make demo` itself
+    assert f"FIT eval run {tmp_path}/ablate-no_mot-seed1 " in out
+    assert out.rstrip().splitlines()[-1] == f"FIT eval ablations {tmp_path} --reference demo"
+
+
+def test_default_seed_runs_the_commands_of_today(tmp_path: Path) -> None:
+    out = _make("ablate-no_mot", f"RUNS={tmp_path}", "LLAMO=echo FIT")
+    assert {(n, s) for n, _, s in _fits(out)} == {("ablate-no_mot", "0")}
+
+
+@pytest.mark.parametrize("bad", ["SEEDS=0", "SEEDS=two", "SEED=-1"])
+def test_bad_seed_variables_are_refused(bad: str) -> None:
+    import subprocess
+
+    done = subprocess.run(["make", "-s", "-o", "install", "help", bad], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0 and bad.split("=")[0] in done.stderr
+
+
+@pytest.mark.parametrize(("ref_seed", "linked"), [(1, True), (0, False)])
+def test_reuse_is_keyed_on_the_seed(tmp_path: Path, ref_seed: int, linked: bool) -> None:
+    ref = tmp_path / "demo-seed1" / "vae"
+    ref.mkdir(parents=True)
+    (ref / "config.yaml").write_text(f"seed_everything: {ref_seed}\ntrainer:\n  max_steps: 5\n")
+    (ref / "handoff.safetensors").write_bytes(b"")
+    out = _make(
+        "stage-vae", f"RUNS={tmp_path}", "EXP=ablate-t-seed1", "ABLATION=stages12", "SEED=1",
+        f"REUSE={tmp_path}/demo-seed1", "LLAMO=echo FIT",
+    )  # fmt: skip
+    assert ((tmp_path / "ablate-t-seed1" / "vae").is_symlink()) == linked
+    assert ("FIT fit" in out) != linked
+    if not linked:
+        assert "not linked" in out and "seed_everything=0" in out and "SEED=1" in out
