@@ -158,3 +158,68 @@ def test_reuse_is_keyed_on_the_seed(tmp_path: Path, ref_seed: int, linked: bool)
     assert ("FIT fit" in out) != linked
     if not linked:
         assert "not linked" in out and "seed_everything=0" in out and "SEED=1" in out
+
+
+# ------------------------------------------------------------------------------- ablation report over seeds
+
+
+def test_seed_interval_is_the_t_interval_of_the_sample_std() -> None:
+    from llamo.eval.seeds import seed_interval
+
+    r = seed_interval([0.40, 0.43, 0.28])
+    s = (sum((x - r.mean) ** 2 for x in (0.40, 0.43, 0.28)) / 2) ** 0.5
+    assert r.mean == pytest.approx(0.37) and r.ci95 == pytest.approx(4.302653 * s / 3**0.5, rel=1e-6)
+    assert seed_interval([0.4, 0.4]).ci95 == 0.0 and seed_interval([0.4]).ci95 is None
+
+
+def test_separation_rule() -> None:
+    from llamo.eval.seeds import separated
+
+    assert separated(1.0, 0.1, 1.3, 0.1) is True
+    assert separated(1.0, 0.2, 1.3, 0.2) is False
+    assert separated(1.0, None, 5.0, 0.1) is None
+
+
+def test_seed_of_run_names() -> None:
+    from llamo.eval.seeds import seed_of_run
+
+    assert seed_of_run("ablate-no_mot-seed2") == ("ablate-no_mot", 2)
+    assert seed_of_run("ablate-no_mot") == ("ablate-no_mot", 0)
+    assert seed_of_run("demo-seed0") == ("demo-seed0", 0)  # seed 0 never has a suffix
+
+
+def _fake_results(run: str, mpjpe: float, r3: float | None = None) -> dict[str, Any]:
+    skipped = {"skipped": "not run", "rows": None}
+    tables: dict[str, Any] = {k: dict(skipped) for k in ("t2m", "m2t", "language", "samples")}
+    tables["reconstruction"] = {"skipped": None, "rows": [{"name": "Real"}, {"mpjpe": mpjpe}]}
+    if r3 is not None:
+        row = {"FID": 1.0, "R@3": r3, "R@3_ci95": 0.001}
+        tables["t2m"] = {"skipped": None, "rows": [row, dict(row, **{"R@3": 0.1}), row]}
+    return {"run": f"runs/{run}", "tables": tables, "training": {}, "seconds": 1.0}
+
+
+def test_ablation_report_gives_mean_and_interval_over_seeds(tmp_path: Path) -> None:
+    import json
+
+    from llamo.eval.ablations import ablation_report
+
+    runs = {
+        "demo": (20.0, 0.50), "demo-seed1": (21.0, 0.30), "demo-seed2": (22.0, None),
+        "ablate-latent16": (30.0, None), "ablate-latent16-seed1": (31.0, None), "ablate-latent16-seed2": (32.0, None),
+        "ablate-latent64": (20.5, None), "ablate-latent64-seed1": (22.5, None), "ablate-latent64-seed2": (18.5, None),
+        "ablate-stages12": (20.0, 0.45), "ablate-stages12-seed1": (20.0, 0.25),
+    }  # fmt: skip
+    for name, (mpjpe, r3) in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(_fake_results(name, mpjpe, r3)))
+    md = ablation_report(tmp_path)
+    lines = {line.split(" |")[0]: line for line in md.splitlines() if line.startswith("| ")}
+    # MPJPE 31 ± 4.303 * 1 / sqrt(3) = 2.48; reference 21 ± 2.48
+    assert lines["| latent16"].startswith("| latent16 | 0, 1, 2 | 31.00 ± 2.48 |")
+    assert "| 0, 1, 2 | 21.00 ± 2.48 |" in lines["| demo (MoT, sampled VAE z32, stages 1-3)"]
+    verdicts = {line.split(",")[0]: line for line in md.splitlines() if line.startswith("- ")}
+    assert verdicts["- latent16"].endswith("— reproduces.")  # 31 ± 2.48 vs 21 ± 2.48 separate
+    assert "inconclusive: the difference is within the 95 % intervals" in verdicts["- latent64"]  # 20.5 ± 4.97
+    r3 = next(line for line in md.splitlines() if line.startswith("- stages12, T2M R@3"))
+    # 0.35 ± 12.7 * 0.1 vs 0.40 ± 12.7 * 0.1 over two seeds: the protocol's ±0.001 no longer decides it
+    assert "0.35 vs 0.4 (lower)" in r3 and "inconclusive: the difference is within" in r3
