@@ -223,3 +223,108 @@ def test_ablation_report_gives_mean_and_interval_over_seeds(tmp_path: Path) -> N
     r3 = next(line for line in md.splitlines() if line.startswith("- stages12, T2M R@3"))
     # 0.35 ± 12.7 * 0.1 vs 0.40 ± 12.7 * 0.1 over two seeds: the protocol's ±0.001 no longer decides it
     assert "0.35 vs 0.4 (lower)" in r3 and "inconclusive: the difference is within" in r3
+
+
+# ------------------------------------------------------------------------------- --gen_seeds and MultiModality
+
+
+class _FakeEvaluator:
+    """Embeds a motion as its mean frame and a text as a fixed vector per caption (4 dims)."""
+
+    class config:  # noqa: N801
+        feature_dim = 4
+
+    def encode_motion(self, batch: Any, lengths: Any) -> Any:
+        import torch
+
+        mask = (torch.arange(batch.shape[1])[None, :] < lengths[:, None]).unsqueeze(-1)
+        return (batch * mask).sum(1) / lengths[:, None]
+
+    def encode_text(self, texts: list[str]) -> Any:
+        import torch
+
+        return torch.stack([torch.full((4,), float(int(t.split()[-1]))) for t in texts])
+
+
+class _FakeRun:
+    """`LLaMoRun.generate` stand-in: the prompt's number plus seeded noise, every frame the same."""
+
+    from pathlib import Path as _P
+    from types import SimpleNamespace as _NS
+
+    stage_dir = _P("stage3")
+    model = _NS(flow_head=_NS(config=_NS(sample_steps=2, guidance_scale=1.0)))
+
+    def generate(self, prompts: list[str], *, max_tokens: int, generator: Any, **_: Any) -> list[Any]:
+        import torch
+
+        out = []
+        for p in prompts:
+            frame = float(int(p.split()[-1])) + 3.0 * torch.randn(4, generator=generator)
+            out.append(self._NS(features=frame.expand(4 * max_tokens, 4).clone(), stop_reason="max"))
+        return out
+
+
+def _t2m(**settings: Any) -> dict[str, Any]:
+    import numpy as np
+
+    from llamo.eval.items import TestItems
+    from llamo.eval.settings import EvalSettings, Section
+    from llamo.eval.t2m import t2m_section
+
+    n = 40
+    items = TestItems(
+        ids=[f"i{k}" for k in range(n)],
+        features=[np.full((16 + 4 * (k % 3), 4), float(k), np.float32) for k in range(n)],
+        captions=[[f"move {k}"] for k in range(n)],
+        prompts=[f"move {k}" for k in range(n)],
+        available=n,
+        left_out=0,
+    )
+    section = Section("t2m", "Table 3")
+    config = EvalSettings(device="cpu", repeats=3, gen_batch=8, **settings)
+    t2m_section(_FakeRun(), _FakeEvaluator(), np.zeros(4), np.ones(4), items, config, section)
+    return section.to_dict()
+
+
+def test_gen_seeds_one_is_todays_single_generation_and_k_aggregates_with_the_t_interval() -> None:
+    from llamo.eval.gen_seeds import generation_seed
+    from llamo.eval.seeds import seed_interval
+
+    assert generation_seed(3, 5, 0) == 3 * 1000 + 5  # the seed of every batch before --gen_seeds
+    one, three = _t2m(), _t2m(gen_seeds=3)
+    assert one["rows"][:2] == three["rows"][:2]  # real and shuffled rows do not depend on generation
+    values = three["gen_seeds"]["R@3"]
+    assert len(values) == 3 and values[0] == one["rows"][2]["R@3"]  # generation 0 is K = 1's generation
+    assert len(set(values)) > 1  # the other generations drew other noise
+    assert three["rows"][2]["R@3"] == pytest.approx(sum(values) / 3)
+    assert three["rows"][2]["R@3_ci95"] == pytest.approx(seed_interval(values).ci95)
+    assert any("--gen_seeds" in note for note in three["notes"]) and "gen_seeds" not in one
+
+
+def test_multimodality_appears_when_asked_for() -> None:
+    from llamo.eval.markdown import format_report
+
+    assert all("MultiModality" not in r for r in _t2m()["rows"])
+    table = _t2m(mm_texts=5, mm_gens=3)
+    llamo = table["rows"][2]
+    assert llamo["MultiModality"] > 0 and "MultiModality" not in table["rows"][0]
+    sections = {
+        k: {"title": k, "seconds": 0.0, "skipped": "x", "notes": []}
+        for k in ("reconstruction", "m2t", "language", "samples")
+    }
+    results = {"run": "r", "data": "d", "settings": {"split": "test"}, "llamo_stage": "stage3", "created": "now",
+               "seconds": 1.0, "tables": {**sections, "t2m": table}}  # fmt: skip
+    assert "MModality ↑" in format_report(results)
+
+
+def test_bad_generation_flags_name_the_flag() -> None:
+    from llamo.eval.settings import EvalSettings
+
+    for bad, flag in (
+        ({"gen_seeds": 0}, "--gen_seeds"),
+        ({"mm_gens": 1}, "--mm_gens"),
+        ({"mm_texts": -1}, "--mm_texts"),
+    ):
+        with pytest.raises(ValueError, match=flag):
+            EvalSettings(device="cpu", **bad)
