@@ -44,6 +44,12 @@ $(error unknown RECIPE=$(RECIPE): use RECIPE=paper, or leave it empty)
 endif
 ARGS     ?=
 LLAMO    := $(PY) -m llamo
+# SEED: the one training seed of a run (`llamo fit --seed_everything`, linked to the model's noise and the data
+# stream; README "Seeds and intervals"); 0 is experiments/base.yaml's and gives the runs of earlier releases
+SEED     ?= 0
+$(if $(shell [ "$(SEED)" -ge 0 ] 2>/dev/null && echo ok),,$(error SEED must be an integer >= 0, got SEED=$(SEED)))
+# run-folder suffix of a seed: none for seed 0 (the folder names of earlier releases), -seed<k> otherwise
+seed_suffix = $(if $(filter-out 0,$(1)),-seed$(1))
 
 # ---- demo (`make demo`, `make ablations`) --------------------------------------------------------------
 # full: SmolLM2-135M-Instruct on the 2000-clip corpus (about 30 min on a 2-core CPU); smoke: tiny random model,
@@ -64,7 +70,9 @@ demo_eval_smoke := --samples 1 --items 32 --probe-items 8 --repeats 2 --caption-
 DEMO_MODEL ?= $(demo_model_$(DEMO_SCALE))
 DEMO_OVERLAYS ?= $(demo_overlays_$(DEMO_SCALE))
 DEMO_DATA ?= $(demo_data_$(DEMO_SCALE))
-DEMO_EXP ?= $(demo_exp_$(DEMO_SCALE))
+# the demo's run folder at SEED: runs/demo for seed 0, runs/demo-seed<k> otherwise (DEMO_BASE: the seed-0 name)
+DEMO_BASE ?= $(demo_exp_$(DEMO_SCALE))
+DEMO_EXP ?= $(DEMO_BASE)$(call seed_suffix,$(SEED))
 DEMO_EVAL_ARGS ?= $(demo_eval_$(DEMO_SCALE))
 
 # stage ids used by `make stage-<id>` and the folder each writes under runs/<EXP>/
@@ -89,7 +97,8 @@ stage_data_args = $(if $(call llamo_stage,$(1)),--data.init_args.vae_dir=$(RUNS)
 PIPELINE_STAGES ?= $(STAGES)
 # Reuse: with REUSE=<finished run folder>, a stage in REUSE_STAGES that neither ABLATION's overlays nor those of
 # any stage upstream of it change is linked from REUSE instead of being trained again (training is deterministic
-# for the same YAMLs, data and seeds, so the linked output is what the retraining would give)
+# for the same YAMLs, data and seeds, so the linked output is what the retraining would give). The seed is part of
+# the key: a REUSE stage is linked only when its config.yaml records seed_everything equal to SEED
 REUSE ?=
 REUSE_STAGES ?= $(STAGES)
 upstream_1 := vae
@@ -108,7 +117,7 @@ holds no handoff.safetensors: convert the released weights once with \
 \`llamo convert motionstreamer-tae Causal_TAE/net_last.pth --out $(ablation_vae_$(1)) --mean_std humanml3d_272/mean_std\` \
 or pass MS_TAE=<converted folder>" >&2
 
-.PHONY: help install test lint format demo demo-assets bench clean pipeline ablations
+.PHONY: help install test lint format demo demo-assets demo-vae bench clean pipeline ablations
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_%-]+:.*?## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -140,7 +149,7 @@ demo: install ## The whole pipeline on the embedded corpus + runs/demo/report.md
 	@$(MAKE) --no-print-directory demo-assets
 	@for s in $(STAGES); do start=$$(date +%s); \
 		$(MAKE) --no-print-directory stage-$$s EXP=$(DEMO_EXP) MODEL=$(DEMO_MODEL) OVERLAYS="$(DEMO_OVERLAYS)" \
-			DATA=$(DEMO_DATA) || exit 1; \
+			DATA=$(DEMO_DATA) SEED=$(SEED) || exit 1; \
 		echo "demo: stage $$s took $$(( $$(date +%s) - start )) s"; done
 	@start=$$(date +%s); $(LLAMO) eval run $(RUNS)/$(DEMO_EXP) --data $(DEMO_DATA) $(DEMO_EVAL_ARGS) || exit 1; \
 		echo "demo: evaluation took $$(( $$(date +%s) - start )) s; report: $(RUNS)/$(DEMO_EXP)/report.md"
@@ -161,26 +170,41 @@ stage-%: install ## Run one stage: make stage-{vae,evaluator,1,2,3} EXP=name MOD
 		exit 0; fi; \
 	if [ -n "$(call reusable,$*)" ] && [ -f $(REUSE)/$(dir_$*)/handoff.safetensors ] && \
 		[ "$$(realpath -m $(REUSE))" != "$$(realpath -m $(RUNS)/$(EXP))" ]; then \
-		mkdir -p $(RUNS)/$(EXP) && rm -rf $(RUNS)/$(EXP)/$(dir_$*) && \
+		ref_seed=$$(sed -n 's/^seed_everything: *//p' $(REUSE)/$(dir_$*)/config.yaml 2>/dev/null); \
+		if [ "$$ref_seed" != "$(SEED)" ]; then \
+		echo "stage $*: not linked from $(REUSE)/$(dir_$*): it was trained with seed_everything=$${ref_seed:-? (no config.yaml)}, this run has SEED=$(SEED)"; \
+		else mkdir -p $(RUNS)/$(EXP) && rm -rf $(RUNS)/$(EXP)/$(dir_$*) && \
 		ln -s "$$(realpath --relative-to=$(RUNS)/$(EXP) $(REUSE)/$(dir_$*))" $(RUNS)/$(EXP)/$(dir_$*) && \
-		echo "stage $*: linked $(RUNS)/$(EXP)/$(dir_$*) -> $(REUSE)/$(dir_$*) (unchanged by ablation '$(ABLATION)' and its upstream stages)"; \
-		exit 0; fi; \
+		echo "stage $*: linked $(RUNS)/$(EXP)/$(dir_$*) -> $(REUSE)/$(dir_$*) (unchanged by ablation '$(ABLATION)' and its upstream stages; seed $(SEED))"; \
+		exit 0; fi; fi; \
 	if [ -L $(RUNS)/$(EXP)/$(dir_$*) ]; then rm $(RUNS)/$(EXP)/$(dir_$*); fi; \
 	set -x; $(LLAMO) fit $(addprefix --config ,$(call stage_configs,$*)) \
 		--trainer.logger.init_args.save_dir=$(RUNS) --trainer.logger.init_args.name=$(EXP) \
 		--trainer.logger.init_args.version=$(dir_$*) --data.init_args.root=$(DATA) $(call stage_data_args,$*) \
+		--seed_everything=$(SEED) \
 		$(if $(prev_$*),--handoff.load_from=$(RUNS)/$(EXP)/$(prev_$*)) --handoff.save_to=$(RUNS)/$(EXP)/$(dir_$*) $(ARGS)
 
 pipeline: install ## vae -> evaluator -> stage1 -> stage2 -> stage3 with handoffs (EXP=name MODEL=size DATA=dir)
 	@test -d $(DATA) || $(LLAMO) data synth --out $(DATA) --clips 2000 --seed 0
-	@for s in $(PIPELINE_STAGES); do $(MAKE) --no-print-directory stage-$$s || exit 1; done
+	@for s in $(PIPELINE_STAGES); do $(MAKE) --no-print-directory stage-$$s SEED=$(SEED) || exit 1; done
 
 ABLATION_NAMES := $(notdir $(wildcard experiments/ablations/*))
 # the latent-width ablations are paper Table 2, a reconstruction table: they train and evaluate the VAE only
 ablation_stages_latent16 := vae
 ablation_stages_latent64 := vae
-# ablations link the stages they do not change from the demo run when it exists (REUSE_ABLATIONS= retrains all)
+# ablations link the stages they do not change from the demo run of the same seed when it exists (runs/demo for
+# seed 0, runs/demo-seed<k> otherwise; REUSE_ABLATIONS= retrains all)
 REUSE_ABLATIONS ?= $(RUNS)/$(DEMO_EXP)
+# `make ablations SEEDS=S` trains every row with the seeds 0 .. S-1 (run folders runs/ablate-<name> for seed 0,
+# runs/ablate-<name>-seed<k> otherwise) and the reference demo with the same seeds; the cheap VAE-only rows (and the
+# reference's VAE) get at least VAE_SEEDS seeds
+SEEDS     ?= 1
+VAE_SEEDS ?= 3
+$(foreach v,SEEDS VAE_SEEDS,$(if $(shell [ "$($(v))" -ge 1 ] 2>/dev/null && echo ok),,$(error $(v) must be an integer >= 1, got $(v)=$($(v)))))
+seeds_upto = $(shell seq 0 $$(( $(1) - 1 )))
+max_seeds := $(shell echo $$(( $(SEEDS) > $(VAE_SEEDS) ? $(SEEDS) : $(VAE_SEEDS) )))
+vae_only = $(filter vae,$(ablation_stages_$(1)))
+ablation_seeds = $(call seeds_upto,$(if $(call vae_only,$(1)),$(max_seeds),$(SEEDS)))
 # a given VAE was trained on its own Mean/Std (the TAE: HumanML3D-272's), so its ablation reads the demo corpus
 # through a view (links to motion_data/, texts/, split/) whose mean_std/ is the VAE folder's Mean.npy/Std.npy:
 # the latent cache, `eval vae` and generation then normalise the way the VAE expects
@@ -194,26 +218,46 @@ ablate-%: install ## One ablation at the demo budget (experiments/ablations/<nam
 		for d in motion_data texts split; do ln -sfn "$$(realpath $(DEMO_DATA)/$$d)" $$view/$$d; done && \
 		ln -sfn "$$(realpath $(ablation_vae_$*))" $$view/mean_std && \
 		echo "data: $$view = $(DEMO_DATA) normalised with $(ablation_vae_$*)/Mean.npy, Std.npy"; fi
-	$(MAKE) --no-print-directory pipeline EXP=ablate-$* ABLATION=$* MODEL=$(DEMO_MODEL) OVERLAYS="$(DEMO_OVERLAYS)" \
-		DATA=$(call ablation_data,$*) PIPELINE_STAGES="$(or $(ablation_stages_$*),$(STAGES))" REUSE=$(REUSE_ABLATIONS)
-	$(LLAMO) eval run $(RUNS)/ablate-$* --data $(call ablation_data,$*) --out $(RUNS)/ablate-$*/results.json \
-		$(DEMO_EVAL_ARGS)
+	$(MAKE) --no-print-directory pipeline EXP=ablate-$*$(call seed_suffix,$(SEED)) ABLATION=$* MODEL=$(DEMO_MODEL) \
+		OVERLAYS="$(DEMO_OVERLAYS)" DATA=$(call ablation_data,$*) PIPELINE_STAGES="$(or $(ablation_stages_$*),$(STAGES))" \
+		REUSE=$(REUSE_ABLATIONS) SEED=$(SEED)
+	$(LLAMO) eval run $(RUNS)/ablate-$*$(call seed_suffix,$(SEED)) --data $(call ablation_data,$*) \
+		--out $(RUNS)/ablate-$*$(call seed_suffix,$(SEED))/results.json $(DEMO_EVAL_ARGS)
 
 ablate-model-%: install ## Model-size ablation: the demo pipeline on experiments/model/<size>.yaml -> runs/ablate-model-<size>/results.json
 	@test -f experiments/model/$*.yaml || { echo "no experiments/model/$*.yaml; sizes: $(basename $(notdir $(wildcard experiments/model/*.yaml)))"; exit 2; }
 	@$(MAKE) --no-print-directory demo-assets
-	$(MAKE) --no-print-directory pipeline EXP=ablate-model-$* MODEL=$* OVERLAYS="$(DEMO_OVERLAYS)" DATA=$(DEMO_DATA) \
-		REUSE=$(REUSE_ABLATIONS) REUSE_STAGES="vae evaluator"
-	$(LLAMO) eval run $(RUNS)/ablate-model-$* --data $(DEMO_DATA) --out $(RUNS)/ablate-model-$*/results.json \
-		$(DEMO_EVAL_ARGS)
+	$(MAKE) --no-print-directory pipeline EXP=ablate-model-$*$(call seed_suffix,$(SEED)) MODEL=$* \
+		OVERLAYS="$(DEMO_OVERLAYS)" DATA=$(DEMO_DATA) REUSE=$(REUSE_ABLATIONS) REUSE_STAGES="vae evaluator" SEED=$(SEED)
+	$(LLAMO) eval run $(RUNS)/ablate-model-$*$(call seed_suffix,$(SEED)) --data $(DEMO_DATA) \
+		--out $(RUNS)/ablate-model-$*$(call seed_suffix,$(SEED))/results.json $(DEMO_EVAL_ARGS)
 
 # an ablation whose given VAE folder is absent (the TAE's weights are not shipped) is left out of `make ablations`,
 # with a note; `make ablate-<name>` alone fails with the conversion command instead
 ABLATIONS_READY := $(foreach n,$(ABLATION_NAMES),$(if $(ablation_vae_$(n)),$(if $(wildcard $(ablation_vae_$(n))/handoff.safetensors),$(n)),$(n)))
-ablations: $(addprefix ablate-,$(ABLATIONS_READY)) ## Every ablation, then runs/ablations/report.md (next to runs/demo: run `make demo` too)
+# every (ablation, seed) pair `make ablations` runs, as <name>:<seed>
+ablation_runs := $(foreach n,$(ABLATIONS_READY),$(foreach k,$(call ablation_seeds,$(n)),$(n):$(k)))
+# reference seeds beyond seed 0 (which is `make demo` itself): the full demo for the seeds every row uses, its VAE
+# alone for the extra seeds of the VAE-only rows
+ref_seeds_full := $(filter-out 0,$(call seeds_upto,$(SEEDS)))
+ref_seeds_vae := $(if $(foreach n,$(ABLATIONS_READY),$(call vae_only,$(n))),$(filter-out $(call seeds_upto,$(SEEDS)),$(call seeds_upto,$(max_seeds))))
+ablations: install ## Every ablation (SEEDS=S training seeds each, VAE-only rows >= VAE_SEEDS), then runs/ablations/report.md (run `make demo` first)
+	@for k in $(ref_seeds_full); do ref=$(RUNS)/$(DEMO_BASE)-seed$$k; \
+		if [ -f $$ref/results.json ] && [ -f $$ref/stage3/handoff.safetensors ]; then echo "ablations: reference seed $$k: $$ref exists, kept"; \
+		else $(MAKE) --no-print-directory demo SEED=$$k || exit 1; fi; done
+	@for k in $(ref_seeds_vae); do ref=$(RUNS)/$(DEMO_BASE)-seed$$k; \
+		if [ -f $$ref/results.json ] && [ -f $$ref/vae/handoff.safetensors ]; then echo "ablations: reference VAE seed $$k: $$ref exists, kept"; \
+		else $(MAKE) --no-print-directory demo-vae SEED=$$k || exit 1; fi; done
+	@for r in $(ablation_runs); do $(MAKE) --no-print-directory ablate-$${r%:*} SEED=$${r#*:} || exit 1; done
 	@for n in $(filter-out $(ABLATIONS_READY),$(ABLATION_NAMES)); do \
 		echo "ablations: left out $$n: its VAE folder MS_TAE=$(MS_TAE) does not exist (README: Ablations)"; done
-	$(LLAMO) eval ablations $(RUNS) --reference $(DEMO_EXP)
+	$(LLAMO) eval ablations $(RUNS) --reference $(DEMO_BASE)
+
+demo-vae: install ## The demo's VAE alone at SEED, evaluated (reference of the VAE-only ablation rows) -> runs/demo-seed<k>/
+	@$(MAKE) --no-print-directory demo-assets
+	$(MAKE) --no-print-directory pipeline EXP=$(DEMO_EXP) MODEL=$(DEMO_MODEL) OVERLAYS="$(DEMO_OVERLAYS)" DATA=$(DEMO_DATA) \
+		PIPELINE_STAGES=vae SEED=$(SEED)
+	$(LLAMO) eval run $(RUNS)/$(DEMO_EXP) --data $(DEMO_DATA) $(DEMO_EVAL_ARGS)
 
 clean: ## Remove caches (keeps .venv, data/ and runs/)
 	rm -rf .pytest_cache .ruff_cache

@@ -61,7 +61,7 @@ def test_stage_links_the_reference_output_or_trains(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for stage in ("vae", "evaluator", "stage1"):
         (runs / "demo" / stage).mkdir(parents=True)
-        (runs / "demo" / stage / "config.yaml").write_text("trainer:\n  max_steps: 5\n")
+        (runs / "demo" / stage / "config.yaml").write_text("seed_everything: 0\ntrainer:\n  max_steps: 5\n")
         (runs / "demo" / stage / "handoff.safetensors").write_bytes(b"")
     common = [f"RUNS={runs}", "EXP=ablate-t", "ABLATION=stages12", f"REUSE={runs}/demo", "LLAMO=echo FIT"]
 

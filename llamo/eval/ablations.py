@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from llamo.eval.markdown import format_value
+from llamo.eval.seeds import seed_interval, seed_of_run, separated
 
-__all__ = ["PAPER_DIRECTIONS", "ablation_report", "summary_row"]
+__all__ = ["PAPER_DIRECTIONS", "ablation_report", "aggregate_seeds", "direction_verdict", "summary_row"]
 
 #: what the paper reports for each ablation, as (metric, direction vs the full model, paper numbers)
 PAPER_DIRECTIONS: dict[str, list[tuple[str, str, str]]] = {
@@ -89,41 +90,107 @@ def summary_row(results: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _seed_rows(paths: list[Path]) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """Summary rows grouped by run name without its ``-seed<k>`` suffix, each group in seed order."""
+    groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for path in paths:
+        base, seed = seed_of_run(path.parent.name)
+        # rows are recomputed from the stored tables, so results written by an older llamo get today's columns
+        groups.setdefault(base, []).append((seed, summary_row(json.loads(path.read_text()))))
+    return {k: sorted(v, key=lambda sr: sr[0]) for k, v in groups.items()}
+
+
+def aggregate_seeds(rows: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """One row of the ablation report from the summary rows of one run's seeds: every column's mean, its t-based
+    95 % interval over the seeds that measured it (``<col> ci95``; `llamo.eval.seeds.seed_interval`) and that count
+    (``<col> n``). With one seed, T2M R@3 keeps the interval of the protocol's repetitions (``T2M R@3 ci95 kind``
+    says which)."""
+    out: dict[str, Any] = {
+        "seeds": [seed for seed, _ in rows],
+        "reused": sorted({r for _, row in rows for r in row["reused"]}),
+    }
+    for column, _ in _SUMMARY_COLUMNS:
+        values = [row[column] for _, row in rows if row.get(column) is not None]
+        if not values:
+            out[column], out[f"{column} ci95"], out[f"{column} n"] = None, None, 0
+            continue
+        interval = seed_interval(values)
+        out[column], out[f"{column} ci95"], out[f"{column} n"] = interval.mean, interval.ci95, len(values)
+        out[f"{column} ci95 kind"] = "seeds" if interval.ci95 is not None else None
+    if out["T2M R@3 n"] == 1:
+        protocol = next(row.get("T2M R@3 ci95") for _, row in rows if row.get("T2M R@3") is not None)
+        out["T2M R@3 ci95"], out["T2M R@3 ci95 kind"] = protocol, "protocol" if protocol is not None else None
+    return out
+
+
+def _cell(row: Mapping[str, Any], column: str, digits: int) -> str:
+    value, ci = row.get(column), row.get(f"{column} ci95")
+    if value is None or ci is None or row.get(f"{column} ci95 kind") != "seeds":
+        return format_value(value, digits)
+    return f"{format_value(value, digits)} ± {format_value(ci, digits)}"
+
+
+def direction_verdict(name: str, row: Mapping[str, Any], ref: Mapping[str, Any], metric: str, direction: str) -> str:
+    """The verdict on one paper direction: "reproduces" / "does NOT reproduce" only when the two 95 % intervals
+    separate (`llamo.eval.seeds.separated`), "inconclusive" when they overlap or either row has no interval."""
+    ours, theirs = row[metric], ref[metric]
+    went = "higher" if ours > theirs else "lower" if ours < theirs else "equal"
+    ci, ref_ci = row.get(f"{metric} ci95"), ref.get(f"{metric} ci95")
+    apart = separated(ours, ci, theirs, ref_ci)
+    if apart is None:
+        return (
+            f"inconclusive: no 95 % interval ({row.get(f'{metric} n', 0)} seed(s) here, {ref.get(f'{metric} n', 0)} in "
+            "the reference); train more seeds (`make ablations SEEDS=3`)"
+        )
+    if not apart:
+        return f"inconclusive: the difference is within the 95 % intervals (±{ci:.3g}, ±{ref_ci:.3g})"
+    return "reproduces" if went == direction else "does NOT reproduce"
+
+
 def ablation_report(runs_root: str | Path, reference: str = "demo") -> str:
-    """Markdown summary of every ``<runs_root>/ablate-*/results.json`` next to ``<runs_root>/<reference>``.
+    """Markdown summary of every ``<runs_root>/ablate-*[-seed<k>]/results.json`` next to ``<runs_root>/<reference>``
+    (and ``<reference>-seed<k>``), one row per ablation with mean ± 95 % interval over its training seeds.
 
     Each ablation's direction is compared with the paper's (`PAPER_DIRECTIONS`) against the reference run and
-    stated plainly, whether it reproduces or not.
+    called reproduced (or not) only when the two intervals separate, inconclusive otherwise (`direction_verdict`).
     """
     root = Path(runs_root)
     paths = sorted(root.glob("ablate-*/results.json"))
     if not paths:
         raise FileNotFoundError(f"no {root}/ablate-*/results.json found; run `make ablations` (or make ablate-<name>)")
+    ref_paths = [
+        p
+        for p in [root / reference / "results.json", *sorted(root.glob(f"{reference}-seed*/results.json"))]
+        if p.is_file() and seed_of_run(p.parent.name)[0] == reference
+    ]
+    ref_row = aggregate_seeds(_seed_rows(ref_paths)[reference]) if ref_paths else None
     rows: list[tuple[str, dict[str, Any]]] = []
-    ref_path = root / reference / "results.json"
-    # rows are recomputed from the stored tables, so results written by an older llamo get today's columns
-    ref_row = summary_row(json.loads(ref_path.read_text())) if ref_path.is_file() else None
     if ref_row is not None:
         rows.append((f"{reference} (MoT, sampled VAE z32, stages 1-3)", ref_row))
-    for p in paths:
-        rows.append((p.parent.name.removeprefix("ablate-"), summary_row(json.loads(p.read_text()))))
-    header = "| run | " + " | ".join(c for c, _ in _SUMMARY_COLUMNS) + " | reused stages |"
+    for base, group in _seed_rows(paths).items():
+        rows.append((base.removeprefix("ablate-"), aggregate_seeds(group)))
+    ref_path = root / reference / "results.json"
+    header = "| run | seeds | " + " | ".join(c for c, _ in _SUMMARY_COLUMNS) + " | reused stages |"
     lines = [
         f"# Ablations ({root})",
         "",
-        "Same corpus, demo budget and seeds for every row; `train s` is the summed fit wall time of the stages the "
-        "run trained itself, `eval s` the wall time of `llamo eval run`. `reused stages` were linked from the "
-        "reference run instead of retrained because neither the ablation nor anything upstream changes them "
-        "(training is deterministic, so retraining would give the same weights). `-`: not measured for that run "
-        "(the latent-width rows are paper Table 2 and train the VAE only).",
+        "Same corpus and demo budget for every row; each row is the mean over its training seeds (`seeds`: run "
+        "folders `ablate-<name>` for seed 0, `ablate-<name>-seed<k>` otherwise; `make ablations SEEDS=S`), with "
+        "± the t-based 95 % interval over those seeds, t_{0.975,K-1} · s / sqrt(K), where a metric was measured for "
+        "K >= 2 seeds. `train s` is the summed fit wall time of the stages the run trained itself, `eval s` the "
+        "wall time of `llamo eval run`. `reused stages` were linked from the reference run of the same seed "
+        "instead of retrained because neither the ablation nor anything upstream changes them (training is "
+        "deterministic, so retraining would give the same weights). `-`: not measured for that run (the "
+        "latent-width rows are paper Table 2 and train the VAE only).",
         "",
         header,
-        "| --- |" + " ---: |" * len(_SUMMARY_COLUMNS) + " --- |",
+        "| --- | --- |" + " ---: |" * len(_SUMMARY_COLUMNS) + " --- |",
     ]
     for name, row in rows:
         reused = ", ".join(row.get("reused") or []) or "-"
+        seeds = ", ".join(str(k) for k in row["seeds"])
         lines.append(
-            f"| {name} | " + " | ".join(format_value(row.get(c), d) for c, d in _SUMMARY_COLUMNS) + f" | {reused} |"
+            f"| {name} | {seeds} | " + " | ".join(_cell(row, c, d) for c, d in _SUMMARY_COLUMNS) + f" | {reused} |"
         )
     lines += ["", "## Direction vs the paper", ""]
     if ref_row is None:
@@ -137,19 +204,17 @@ def ablation_report(runs_root: str | Path, reference: str = "demo") -> str:
                 lines.append(f"- {name}, {metric}: not measured ({paper}).")
                 continue
             went = "higher" if ours > ref else "lower" if ours < ref else "equal"
-            ci, ref_ci = row.get(f"{metric} ci95"), ref_row.get(f"{metric} ci95")
-            if ci is not None and ref_ci is not None and abs(ours - ref) <= ci + ref_ci:
-                verdict = f"inconclusive: the difference is within the 95 % intervals (±{ci:.3g}, ±{ref_ci:.3g})"
-            else:
-                verdict = "reproduces" if went == direction else "does NOT reproduce"
+            verdict = direction_verdict(name, row, ref_row, metric, direction)
             lines.append(
                 f"- {name}, {metric}: {ours:.4g} vs {ref:.4g} ({went}); paper: {direction} ({paper}) — {verdict}."
             )
     if ref_row is not None:
         lines += [
             "",
-            "One seed per row. T2M R@3 carries the 95 % interval of the protocol's repetitions (over R-precision "
-            "groups, not over training seeds); FID, MPJPE, BLEU and the probe carry none, so a small difference in "
-            "them can be seed-to-seed noise.",
+            "A paper direction is called only when the two 95 % intervals separate, "
+            "|mean_a - mean_b| > h_a + h_b; otherwise it is inconclusive. With two or more training seeds the "
+            "interval is over those seeds (it includes training noise and, with `--gen_seeds`, generation noise); "
+            "with one seed only T2M R@3 has an interval, that of the protocol's repetitions over R-precision groups, "
+            "which leaves out training and generation noise, and every other metric is inconclusive.",
         ]
     return "\n".join(lines) + "\n"

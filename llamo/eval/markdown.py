@@ -139,13 +139,16 @@ def format_report(results: Mapping[str, Any]) -> str:
     lines += [f"- {n}" for n in t["reconstruction"]["notes"]]
 
     if _section_header(lines, t["t2m"]):
+        # MultiModality only when measured (--mm_texts, llamo.eval.gen_seeds)
+        mm = any("MultiModality" in r for r in t["t2m"]["rows"])
         lines += [
             "",
-            "| Methods | FID ↓ | R@1 ↑ | R@2 ↑ | R@3 ↑ | MM-D ↓ | Div → |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| Methods | FID ↓ | R@1 ↑ | R@2 ↑ | R@3 ↑ | MM-D ↓ | Div → |" + (" MModality ↑ |" if mm else ""),
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if mm else ""),
         ]
         for r in t["t2m"]["rows"]:
-            cells = [_pm(r, k) for k in ("FID", "R@1", "R@2", "R@3", "MM-Dist", "Diversity")]
+            keys = ("FID", "R@1", "R@2", "R@3", "MM-Dist", "Diversity") + (("MultiModality",) if mm else ())
+            cells = [_pm(r, k) for k in keys]
             lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     lines += [f"- {n}" for n in t["t2m"]["notes"]]
 

@@ -81,6 +81,13 @@ class EvalSettings:
     paper: bool = False
     """Everything comparable with the paper: the MotionStreamer evaluator (--evaluator, --mean_std), its protocol
     (implies --protocol motionstreamer) and the TM2T BERTScore (--bertscore_model); one error lists what is missing."""
+    gen_seeds: int = 1
+    """Generations of every test motion (Table 3) with different seeds; K > 1 reports the LLaMo row as the mean ±
+    t-based 95 % interval over the K generations (`llamo.eval.gen_seeds`); captions stay greedy. 1 = today's."""
+    mm_texts: int = 0
+    """MultiModality: test texts generated --mm_gens times each (0: no MultiModality column)."""
+    mm_gens: int = 10
+    """MultiModality: generations per text (>= 2; pairs drawn: min(10, mm_gens))."""
 
     def __post_init__(self) -> None:
         if self.device is None:
@@ -91,6 +98,9 @@ class EvalSettings:
             value = getattr(self, name)
             if value < (0 if name == "samples" else 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {0 if name == 'samples' else 1}, got {value}")
+        for name, least in (("gen_seeds", 1), ("mm_texts", 0), ("mm_gens", 2)):
+            if getattr(self, name) < least:
+                raise ValueError(f"--{name} must be >= {least}, got {getattr(self, name)}")
         for name in ("items", "probe_items"):
             value = getattr(self, name)
             if value is not None and value < 2:

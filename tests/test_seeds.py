@@ -1,0 +1,330 @@
+"""One seed per run and intervals over seeds: the `seed_everything` link of `llamo fit`, the `--gen_seeds`
+aggregation of `llamo eval run`, and the ablation report's mean ± interval over training seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightning.pytorch.cli import LightningArgumentParser
+
+from llamo.stages.cli import _cli_kwargs, _ParseOnlyCLI, explicit_seeds, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+EXP = ROOT / "experiments"
+STAGES = {
+    "vae": [EXP / "base.yaml", EXP / "vae.yaml"],
+    "evaluator": [EXP / "base.yaml", EXP / "evaluator.yaml"],
+    "stage2": [EXP / "base.yaml", EXP / "model" / "tiny.yaml", EXP / "stage2.yaml"],
+}
+
+
+def _configs(stage: str) -> list[str]:
+    return [a for p in STAGES[stage] for a in ("--config", str(p))]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_seed_everything_sets_the_model_and_data_seeds(stage: str) -> None:
+    cfg = parse_config([*_configs(stage), "--seed_everything", "7"])
+    assert (cfg["seed_everything"], cfg["model"]["init_args"]["seed"], cfg["data"]["init_args"]["seed"]) == (7, 7, 7)
+
+
+class _Unlinked(_ParseOnlyCLI):
+    """The parser as it was before the link: no `seed_everything` -> model/data seed."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        from callbacks.handoff import StageHandoff
+        from callbacks.progress import LogProgress
+
+        parser.add_lightning_class_args(StageHandoff, "handoff")
+        parser.add_lightning_class_args(LogProgress, "progress")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self.config = parser.parse_args(args)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_default_seed_resolves_to_the_unlinked_configuration(stage: str) -> None:
+    # training is a function of the resolved configuration: equal configurations train the same weights, so the
+    # default seed reproduces the runs trained before the link bit for bit
+    linked = parse_config(_configs(stage))
+    before = _Unlinked(**_cli_kwargs(), args=_configs(stage), run=False).config.as_dict()
+    assert linked == before
+    assert linked["model"]["init_args"]["seed"] == linked["data"]["init_args"]["seed"] == 0
+
+
+def test_a_model_seed_that_disagrees_is_an_error_naming_seed_everything(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_config([*_configs("vae"), "--model.init_args.seed=1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "model.init_args.seed=1" in err and "--seed_everything 1" in err
+
+
+def test_a_stage_seed_equal_to_seed_everything_is_accepted() -> None:
+    # a saved config.yaml of a run (which records the linked seeds) composes again
+    cfg = parse_config([*_configs("vae"), "--seed_everything=3", "--data.init_args.seed", "3"])
+    assert cfg["data"]["init_args"]["seed"] == 3
+
+
+def test_explicit_seeds_reads_flags_and_config_files(tmp_path: Path) -> None:
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("data:\n  init_args:\n    seed: 5\n")
+    found = explicit_seeds(["--model.seed", "2", "--config", str(overlay), "--trainer.max_steps=3"])
+    assert found == [("the command line", "model.init_args.seed", 2), (str(overlay), "data.init_args.seed", 5)]
+
+
+def test_no_experiment_yaml_sets_a_stage_seed_itself() -> None:
+    # a YAML seed would conflict with every --seed_everything but its own value
+    offenders = [str(p) for p in EXP.rglob("*.yaml") if explicit_seeds(["--config", str(p)])]
+    assert offenders == []
+
+
+def test_a_random_seed_is_refused(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        parse_config([*_configs("vae"), "--seed_everything=true"])
+    assert "--seed_everything must be an integer" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- Makefile seeds
+
+
+def _make(*args: str) -> str:
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed")
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-s", "-o", "install", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _fits(out: str) -> list[tuple[str, str, str]]:
+    """(run name, stage folder, seed) of every `llamo fit` a dry run would start."""
+    import re
+
+    fits = [line for line in out.splitlines() if line.startswith("FIT fit ")]
+    pattern = r"init_args\.name=(\S+) .*init_args\.version=(\S+) .*--seed_everything=(\d+)"
+    return [re.search(pattern, line).groups() for line in fits]  # type: ignore[union-attr]
+
+
+def test_make_ablations_trains_every_row_per_seed_in_its_own_folder(tmp_path: Path) -> None:
+    out = _make("ablations", "SEEDS=2", f"RUNS={tmp_path}", "LLAMO=echo FIT")
+    fits = set(_fits(out))
+    # seed 0 keeps the folders of earlier releases, seed k > 0 gets -seed<k>; the folder's seed is the fit's seed
+    assert ("ablate-no_mot", "stage2", "0") in fits and ("ablate-no_mot-seed1", "stage2", "1") in fits
+    assert not any(name.startswith("ablate-no_mot-seed2") for name, _, _ in fits)
+    # the VAE-only rows get VAE_SEEDS=3 seeds, and the reference's VAE too
+    assert {(n, s) for n, st, s in fits if n.startswith("ablate-latent16")} == {
+        ("ablate-latent16", "0"),
+        ("ablate-latent16-seed1", "1"),
+        ("ablate-latent16-seed2", "2"),
+    }
+    assert ("demo-seed1", "stage3", "1") in fits and ("demo-seed2", "vae", "2") in fits
+    assert not any(n == "demo-seed2" and st != "vae" for n, st, _ in fits)
+    assert not any(n == "demo" for n, _, _ in fits)  # seed 0's reference is `make demo` itself
+    assert f"FIT eval run {tmp_path}/ablate-no_mot-seed1 " in out
+    assert out.rstrip().splitlines()[-1] == f"FIT eval ablations {tmp_path} --reference demo"
+
+
+def test_default_seed_runs_the_commands_of_today(tmp_path: Path) -> None:
+    out = _make("ablate-no_mot", f"RUNS={tmp_path}", "LLAMO=echo FIT")
+    assert {(n, s) for n, _, s in _fits(out)} == {("ablate-no_mot", "0")}
+
+
+@pytest.mark.parametrize("bad", ["SEEDS=0", "SEEDS=two", "SEED=-1"])
+def test_bad_seed_variables_are_refused(bad: str) -> None:
+    import subprocess
+
+    done = subprocess.run(["make", "-s", "-o", "install", "help", bad], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0 and bad.split("=")[0] in done.stderr
+
+
+@pytest.mark.parametrize(("ref_seed", "linked"), [(1, True), (0, False)])
+def test_reuse_is_keyed_on_the_seed(tmp_path: Path, ref_seed: int, linked: bool) -> None:
+    ref = tmp_path / "demo-seed1" / "vae"
+    ref.mkdir(parents=True)
+    (ref / "config.yaml").write_text(f"seed_everything: {ref_seed}\ntrainer:\n  max_steps: 5\n")
+    (ref / "handoff.safetensors").write_bytes(b"")
+    out = _make(
+        "stage-vae", f"RUNS={tmp_path}", "EXP=ablate-t-seed1", "ABLATION=stages12", "SEED=1",
+        f"REUSE={tmp_path}/demo-seed1", "LLAMO=echo FIT",
+    )  # fmt: skip
+    assert ((tmp_path / "ablate-t-seed1" / "vae").is_symlink()) == linked
+    assert ("FIT fit" in out) != linked
+    if not linked:
+        assert "not linked" in out and "seed_everything=0" in out and "SEED=1" in out
+
+
+# ------------------------------------------------------------------------------- ablation report over seeds
+
+
+def test_seed_interval_is_the_t_interval_of_the_sample_std() -> None:
+    from llamo.eval.seeds import seed_interval
+
+    r = seed_interval([0.40, 0.43, 0.28])
+    s = (sum((x - r.mean) ** 2 for x in (0.40, 0.43, 0.28)) / 2) ** 0.5
+    assert r.mean == pytest.approx(0.37) and r.ci95 == pytest.approx(4.302653 * s / 3**0.5, rel=1e-6)
+    assert seed_interval([0.4, 0.4]).ci95 == 0.0 and seed_interval([0.4]).ci95 is None
+
+
+def test_separation_rule() -> None:
+    from llamo.eval.seeds import separated
+
+    assert separated(1.0, 0.1, 1.3, 0.1) is True
+    assert separated(1.0, 0.2, 1.3, 0.2) is False
+    assert separated(1.0, None, 5.0, 0.1) is None
+
+
+def test_seed_of_run_names() -> None:
+    from llamo.eval.seeds import seed_of_run
+
+    assert seed_of_run("ablate-no_mot-seed2") == ("ablate-no_mot", 2)
+    assert seed_of_run("ablate-no_mot") == ("ablate-no_mot", 0)
+    assert seed_of_run("demo-seed0") == ("demo-seed0", 0)  # seed 0 never has a suffix
+
+
+def _fake_results(run: str, mpjpe: float, r3: float | None = None) -> dict[str, Any]:
+    skipped = {"skipped": "not run", "rows": None}
+    tables: dict[str, Any] = {k: dict(skipped) for k in ("t2m", "m2t", "language", "samples")}
+    tables["reconstruction"] = {"skipped": None, "rows": [{"name": "Real"}, {"mpjpe": mpjpe}]}
+    if r3 is not None:
+        row = {"FID": 1.0, "R@3": r3, "R@3_ci95": 0.001}
+        tables["t2m"] = {"skipped": None, "rows": [row, dict(row, **{"R@3": 0.1}), row]}
+    return {"run": f"runs/{run}", "tables": tables, "training": {}, "seconds": 1.0}
+
+
+def test_ablation_report_gives_mean_and_interval_over_seeds(tmp_path: Path) -> None:
+    import json
+
+    from llamo.eval.ablations import ablation_report
+
+    runs = {
+        "demo": (20.0, 0.50), "demo-seed1": (21.0, 0.30), "demo-seed2": (22.0, None),
+        "ablate-latent16": (30.0, None), "ablate-latent16-seed1": (31.0, None), "ablate-latent16-seed2": (32.0, None),
+        "ablate-latent64": (20.5, None), "ablate-latent64-seed1": (22.5, None), "ablate-latent64-seed2": (18.5, None),
+        "ablate-stages12": (20.0, 0.45), "ablate-stages12-seed1": (20.0, 0.25),
+    }  # fmt: skip
+    for name, (mpjpe, r3) in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(_fake_results(name, mpjpe, r3)))
+    md = ablation_report(tmp_path)
+    lines = {line.split(" |")[0]: line for line in md.splitlines() if line.startswith("| ")}
+    # MPJPE 31 ± 4.303 * 1 / sqrt(3) = 2.48; reference 21 ± 2.48
+    assert lines["| latent16"].startswith("| latent16 | 0, 1, 2 | 31.00 ± 2.48 |")
+    assert "| 0, 1, 2 | 21.00 ± 2.48 |" in lines["| demo (MoT, sampled VAE z32, stages 1-3)"]
+    verdicts = {line.split(",")[0]: line for line in md.splitlines() if line.startswith("- ")}
+    assert verdicts["- latent16"].endswith("— reproduces.")  # 31 ± 2.48 vs 21 ± 2.48 separate
+    assert "inconclusive: the difference is within the 95 % intervals" in verdicts["- latent64"]  # 20.5 ± 4.97
+    r3 = next(line for line in md.splitlines() if line.startswith("- stages12, T2M R@3"))
+    # 0.35 ± 12.7 * 0.1 vs 0.40 ± 12.7 * 0.1 over two seeds: the protocol's ±0.001 no longer decides it
+    assert "0.35 vs 0.4 (lower)" in r3 and "inconclusive: the difference is within" in r3
+
+
+# ------------------------------------------------------------------------------- --gen_seeds and MultiModality
+
+
+class _FakeEvaluator:
+    """Embeds a motion as its mean frame and a text as a fixed vector per caption (4 dims)."""
+
+    class config:  # noqa: N801
+        feature_dim = 4
+
+    def encode_motion(self, batch: Any, lengths: Any) -> Any:
+        import torch
+
+        mask = (torch.arange(batch.shape[1])[None, :] < lengths[:, None]).unsqueeze(-1)
+        return (batch * mask).sum(1) / lengths[:, None]
+
+    def encode_text(self, texts: list[str]) -> Any:
+        import torch
+
+        return torch.stack([torch.full((4,), float(int(t.split()[-1]))) for t in texts])
+
+
+class _FakeRun:
+    """`LLaMoRun.generate` stand-in: the prompt's number plus seeded noise, every frame the same."""
+
+    from pathlib import Path as _P
+    from types import SimpleNamespace as _NS
+
+    stage_dir = _P("stage3")
+    model = _NS(flow_head=_NS(config=_NS(sample_steps=2, guidance_scale=1.0)))
+
+    def generate(self, prompts: list[str], *, max_tokens: int, generator: Any, **_: Any) -> list[Any]:
+        import torch
+
+        out = []
+        for p in prompts:
+            frame = float(int(p.split()[-1])) + 3.0 * torch.randn(4, generator=generator)
+            out.append(self._NS(features=frame.expand(4 * max_tokens, 4).clone(), stop_reason="max"))
+        return out
+
+
+def _t2m(**settings: Any) -> dict[str, Any]:
+    import numpy as np
+
+    from llamo.eval.items import TestItems
+    from llamo.eval.settings import EvalSettings, Section
+    from llamo.eval.t2m import t2m_section
+
+    n = 40
+    items = TestItems(
+        ids=[f"i{k}" for k in range(n)],
+        features=[np.full((16 + 4 * (k % 3), 4), float(k), np.float32) for k in range(n)],
+        captions=[[f"move {k}"] for k in range(n)],
+        prompts=[f"move {k}" for k in range(n)],
+        available=n,
+        left_out=0,
+    )
+    section = Section("t2m", "Table 3")
+    config = EvalSettings(device="cpu", repeats=3, gen_batch=8, **settings)
+    t2m_section(_FakeRun(), _FakeEvaluator(), np.zeros(4), np.ones(4), items, config, section)
+    return section.to_dict()
+
+
+def test_gen_seeds_one_is_todays_single_generation_and_k_aggregates_with_the_t_interval() -> None:
+    from llamo.eval.gen_seeds import generation_seed
+    from llamo.eval.seeds import seed_interval
+
+    assert generation_seed(3, 5, 0) == 3 * 1000 + 5  # the seed of every batch before --gen_seeds
+    one, three = _t2m(), _t2m(gen_seeds=3)
+    assert one["rows"][:2] == three["rows"][:2]  # real and shuffled rows do not depend on generation
+    values = three["gen_seeds"]["R@3"]
+    assert len(values) == 3 and values[0] == one["rows"][2]["R@3"]  # generation 0 is K = 1's generation
+    assert len(set(values)) > 1  # the other generations drew other noise
+    assert three["rows"][2]["R@3"] == pytest.approx(sum(values) / 3)
+    assert three["rows"][2]["R@3_ci95"] == pytest.approx(seed_interval(values).ci95)
+    assert any("--gen_seeds" in note for note in three["notes"]) and "gen_seeds" not in one
+
+
+def test_multimodality_appears_when_asked_for() -> None:
+    from llamo.eval.markdown import format_report
+
+    assert all("MultiModality" not in r for r in _t2m()["rows"])
+    table = _t2m(mm_texts=5, mm_gens=3)
+    llamo = table["rows"][2]
+    assert llamo["MultiModality"] > 0 and "MultiModality" not in table["rows"][0]
+    sections = {
+        k: {"title": k, "seconds": 0.0, "skipped": "x", "notes": []}
+        for k in ("reconstruction", "m2t", "language", "samples")
+    }
+    results = {"run": "r", "data": "d", "settings": {"split": "test"}, "llamo_stage": "stage3", "created": "now",
+               "seconds": 1.0, "tables": {**sections, "t2m": table}}  # fmt: skip
+    assert "MModality ↑" in format_report(results)
+
+
+def test_bad_generation_flags_name_the_flag() -> None:
+    from llamo.eval.settings import EvalSettings
+
+    for bad, flag in (
+        ({"gen_seeds": 0}, "--gen_seeds"),
+        ({"mm_gens": 1}, "--mm_gens"),
+        ({"mm_texts": -1}, "--mm_texts"),
+    ):
+        with pytest.raises(ValueError, match=flag):
+            EvalSettings(device="cpu", **bad)
