@@ -253,6 +253,7 @@ class _FakeRun:
     from types import SimpleNamespace as _NS
 
     stage_dir = _P("stage3")
+    generation = None  # no sweep recorded: the model config's setting
     model = _NS(flow_head=_NS(config=_NS(sample_steps=2, guidance_scale=1.0)))
 
     def generate(self, prompts: list[str], *, max_tokens: int, generator: Any, **_: Any) -> list[Any]:
