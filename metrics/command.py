@@ -152,10 +152,10 @@ def run_command(fn: Callable[..., Any], args: Sequence[str], prog: str) -> int:
 
 
 def _usage(prog: str, commands: Sequence[Command], extra: Mapping[str, str]) -> str:
+    rows = [*extra.items(), *((" ".join(words), _summary(_resolve(target))) for words, target in commands)]
+    width = max(len(words) for words, _ in rows) + 2
     lines = [f"usage: {prog} <command> [options]", "", "commands:"]
-    lines += [f"  {words:<14} {text}" for words, text in extra.items()]
-    for words, target in commands:
-        lines.append(f"  {' '.join(words):<14} {_summary(_resolve(target))}")
+    lines += [f"  {words:<{width}}{text}" for words, text in rows]
     lines += ["", f"`{prog} <command> --help` documents each command's options."]
     return "\n".join(lines)
 
