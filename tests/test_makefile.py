@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from make_args import NO_INSTALL
 
 from llamo.eval.ablations import summary_row
 from llamo.eval.report import training_wall_times
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make i
 
 def _make(*args: str) -> str:
     done = subprocess.run(
-        ["make", "--no-print-directory", "-s", "-o", "install", *args],
+        ["make", "--no-print-directory", "-s", *NO_INSTALL, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

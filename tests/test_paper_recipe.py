@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from make_args import NO_INSTALL
 
 from llamo.stages.cli import cli_main
 
@@ -178,7 +179,7 @@ def _fit_configs(out: str) -> dict[str, list[Path]]:
 def test_make_pipeline_recipe_paper_composes_the_checked_files(size: str, tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     done = subprocess.run(
-        ["make", "--no-print-directory", "-s", "-o", "install", "pipeline", f"MODEL={size}", "RECIPE=paper",
+        ["make", "--no-print-directory", "-s", *NO_INSTALL, "pipeline", f"MODEL={size}", "RECIPE=paper",
          "LLAMO=echo FIT", f"DATA={tmp_path / 'data'}", f"RUNS={tmp_path / 'runs'}", "EXP=paper"],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
@@ -195,7 +196,7 @@ def test_make_pipeline_recipe_paper_composes_the_checked_files(size: str, tmp_pa
 @pytest.mark.parametrize("bad", [["RECIPE=paper", "MODEL=tiny"], ["RECIPE=papr", "MODEL=1b"]])
 def test_make_rejects_a_recipe_it_cannot_compose(bad: list[str]) -> None:
     done = subprocess.run(
-        ["make", "--no-print-directory", "-s", "-o", "install", "-n", "stage-1", *bad],
+        ["make", "--no-print-directory", "-s", *NO_INSTALL, "-n", "stage-1", *bad],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode != 0 and "RECIPE" in done.stderr

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from lightning.pytorch.cli import LightningArgumentParser
+from make_args import NO_INSTALL
 
 from llamo.stages.cli import _cli_kwargs, _ParseOnlyCLI, explicit_seeds, parse_config
 
@@ -97,7 +98,7 @@ def _make(*args: str) -> str:
     if shutil.which("make") is None:
         pytest.skip("GNU make is not installed")
     done = subprocess.run(
-        ["make", "--no-print-directory", "-s", "-o", "install", *args], cwd=ROOT, capture_output=True, text=True
+        ["make", "--no-print-directory", "-s", *NO_INSTALL, *args], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -140,7 +141,7 @@ def test_default_seed_runs_the_commands_of_today(tmp_path: Path) -> None:
 def test_bad_seed_variables_are_refused(bad: str) -> None:
     import subprocess
 
-    done = subprocess.run(["make", "-s", "-o", "install", "help", bad], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(["make", "-s", *NO_INSTALL, "help", bad], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0 and bad.split("=")[0] in done.stderr
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from make_args import NO_INSTALL
 from torch import Tensor
 
 from llamo.cli import main as llamo_main
@@ -279,7 +280,7 @@ def test_command_prints_and_reports_user_errors(tmp_path: Path, mean_std: Path) 
 
 def _make(*args: str) -> subprocess.CompletedProcess:
     root = Path(__file__).resolve().parents[1]
-    command = ["make", "--no-print-directory", "-s", "-o", "install", *args]
+    command = ["make", "--no-print-directory", "-s", *NO_INSTALL, *args]
     return subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
 
 
