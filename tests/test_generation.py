@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_llamo import LATENT_DIM, LLAMA_CONFIGS, tiny_llamo, tiny_llamo_config, tiny_tokenizer
+from tiny_llamo import LATENT_DIM, LLAMA_CONFIGS, tiny_llamo, tiny_llamo_config, tiny_tokenizer, write_tiny_run
 from transformers.cache_utils import DynamicCache
 
 from llamo.cli import main as llamo_main
@@ -23,7 +23,6 @@ from llamo.inference.t2m import STOP_EXIT, STOP_MAX_TOKENS, MotionChunk, generat
 from llamo.inference.text import LLaMoTextLogitsFn, caption, chat, decode_tokens
 from llamo.motion.normalization import Normalizer
 from llamo.motion.representation import JointTracker, recover_joints
-from stageio import save_stage_output
 
 PROMPTS = ["a person walks forward then turns left", "a person jumps"]
 
@@ -520,25 +519,9 @@ def test_bad_inputs_raise_clear_errors(parts, tmp_path: Path) -> None:
 
 
 def _write_run(root: Path) -> tuple[Path, LLaMo, CausalMotionVAE, Normalizer, SequenceFormatter]:
-    tokenizer_dir = root / "tokenizer"
-    tiny_tokenizer().save_pretrained(tokenizer_dir)
-    config = tiny_llamo_config(
-        "gqa_tied", llm=LLMConfig(config=dict(LLAMA_CONFIGS["gqa_tied"]), tokenizer=str(tokenizer_dir))
-    )
-    torch.manual_seed(3)
-    model = LLaMo(config).eval()
-    with torch.no_grad():
-        for p in model.flow_head.parameters():
-            p.add_(0.1 * torch.randn(p.shape))
-    run = root / "run"
-    core_config = config.to_dict()
-    core_config.pop("loss")
-    save_stage_output(run / "stage1", model, core_config, kind="LLaMo", excluded_prefixes=model.frozen_prefixes())
-    vae = CausalMotionVAE(VAEConfig(width=16, depth=1, latent_dim=LATENT_DIM)).eval()
-    save_stage_output(run / "vae", vae, vae.config.to_dict(), kind="CausalMotionVAE")
     rng = np.random.default_rng(0)
     normalizer = Normalizer(0.1 * rng.normal(size=272), 0.5 + 0.1 * rng.random(272))
-    normalizer.save(run / "vae")
+    run, model, vae = write_tiny_run(root, normalizer)
     formatter = SequenceFormatter(tiny_tokenizer(), model.bom_id, model.eom_id, LATENT_DIM)
     return run, model, vae, normalizer, formatter
 

@@ -12,12 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from tiny_llamo import LATENT_DIM, LLAMA_CONFIGS, tiny_llamo_config, tiny_tokenizer
+from tiny_llamo import write_tiny_run
 
 from llamo.cli import main as llamo_main
-from llamo.core.llm import LLMConfig
-from llamo.core.model import LLaMo
-from llamo.core.vae import CausalMotionVAE, VAEConfig
 from llamo.eval.items import load_test_items
 from llamo.eval.markdown import format_report
 from llamo.eval.report import samples_section
@@ -112,23 +109,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sweep")
     data = root / "data"
     synthesize(data, clips=60, seed=3, progress=False)
-    tokenizer_dir = root / "tokenizer"
-    tiny_tokenizer().save_pretrained(tokenizer_dir)
-    config = tiny_llamo_config(
-        "gqa_tied", llm=LLMConfig(config=dict(LLAMA_CONFIGS["gqa_tied"]), tokenizer=str(tokenizer_dir))
-    )
-    torch.manual_seed(3)
-    model = LLaMo(config).eval()
-    with torch.no_grad():
-        for p in model.flow_head.parameters():  # a non-zero velocity so that guidance changes the motion
-            p.add_(0.1 * torch.randn(p.shape))
-    run = root / "run"
-    core_config = config.to_dict()
-    core_config.pop("loss")
-    save_stage_output(run / "stage1", model, core_config, kind="LLaMo", excluded_prefixes=model.frozen_prefixes())
-    vae = CausalMotionVAE(VAEConfig(width=16, depth=1, latent_dim=LATENT_DIM)).eval()
-    save_stage_output(run / "vae", vae, vae.config.to_dict(), kind="CausalMotionVAE")
-    Normalizer.load(data / "mean_std").save(run / "vae")
+    run, _, _ = write_tiny_run(root, Normalizer.load(data / "mean_std"))
     evaluator = TextMotionEvaluator(
         EvaluatorConfig(latent_dim=32, ff_size=64, num_layers=1, num_heads=2, text_num_layers=1,
                         text_encoder="scratch", vocab_size=128)  # fmt: skip

@@ -182,3 +182,30 @@ def stage_args(ws: dict[str, Path], stage: int, out: str, *extra: str, steps: in
         f"--handoff.save_to={ws['root'] / out / 'handoff'}",
         *extra,
     ]  # fmt: skip
+
+
+def write_tiny_run(root: Path, normalizer: Any) -> tuple[Path, LLaMo, Any]:
+    """A run folder ``root/run`` with a tiny LLaMo ``stage1`` (non-zero flow head, so guidance changes the motion)
+    and a tiny ``vae`` holding ``normalizer``'s Mean/Std, written with `save_stage_output`; returns (run, model, vae).
+    """
+    from llamo.core.vae import CausalMotionVAE, VAEConfig
+    from stageio import save_stage_output
+
+    tokenizer_dir = root / "tokenizer"
+    tiny_tokenizer().save_pretrained(tokenizer_dir)
+    config = tiny_llamo_config(
+        "gqa_tied", llm=LLMConfig(config=dict(LLAMA_CONFIGS["gqa_tied"]), tokenizer=str(tokenizer_dir))
+    )
+    torch.manual_seed(3)
+    model = LLaMo(config).eval()
+    with torch.no_grad():
+        for p in model.flow_head.parameters():
+            p.add_(0.1 * torch.randn(p.shape))
+    run = root / "run"
+    core_config = config.to_dict()
+    core_config.pop("loss")
+    save_stage_output(run / "stage1", model, core_config, kind="LLaMo", excluded_prefixes=model.frozen_prefixes())
+    vae = CausalMotionVAE(VAEConfig(width=16, depth=1, latent_dim=LATENT_DIM)).eval()
+    save_stage_output(run / "vae", vae, vae.config.to_dict(), kind="CausalMotionVAE")
+    normalizer.save(run / "vae")
+    return run, model, vae
