@@ -55,6 +55,7 @@ class StageHandoff(L.Callback):
             core,
             self.load_from,
             expected_config=pl_module.core_config(),
+            config_defaults=pl_module.core_config_defaults(),
             expected_kind=core_kind(core),
             rebuilt_from=pl_module.handoff_rebuilt_from(),
         )

@@ -231,9 +231,18 @@ def record_excluded_fingerprints(folder: str | Path, module: nn.Module) -> dict[
     return current
 
 
-def config_mismatches(saved: Mapping[str, Any], current: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
-    """Fields whose values differ between two (nested) config dicts, as ``a.b: saved != current`` lines."""
+def config_mismatches(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    ignore: Sequence[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Fields whose values differ between two (nested) config dicts, as ``a.b: saved != current`` lines.
+
+    ``defaults`` (dotted name -> value): a field the saved config lacks counts as saved with this value, so a
+    stage output written before the field existed still matches a config that keeps the field's default."""
     out: list[str] = []
+    defaults = defaults or {}
 
     def walk(a: Any, b: Any, prefix: str) -> None:
         if prefix in ignore:
@@ -241,7 +250,9 @@ def config_mismatches(saved: Mapping[str, Any], current: Mapping[str, Any], igno
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             for key in sorted(set(a) | set(b)):
                 name = f"{prefix}.{key}" if prefix else str(key)
-                if key not in a or key not in b:
+                if key not in a and key in b and name in defaults:
+                    walk(defaults[name], b[key], name)
+                elif key not in a or key not in b:
                     if name not in ignore:
                         saved = repr(a[key]) if key in a else "<absent>"
                         current = repr(b[key]) if key in b else "<absent>"
@@ -265,12 +276,14 @@ def load_stage_weights(
     expected_kind: str | None = None,
     ignore_config_fields: Sequence[str] = (),
     rebuilt_from: str = "the loading code",
+    config_defaults: Mapping[str, Any] | None = None,
 ) -> StageOutput:
     """Load a stage output into ``module`` strictly.
 
     Every key of ``module`` outside the saved ``excluded_prefixes`` must be present with the same shape, and
     no extra key may appear; the excluded sub-trees ``module`` already holds (rebuilt by the caller, described
     by ``rebuilt_from`` in messages, e.g. ``llm.path '/models/x'``) must have the recorded `excluded_fingerprints`.
+    ``config_defaults`` are the values of config fields an older output may not record (see `config_mismatches`).
     All problems (missing, unexpected, mis-shaped keys, kind and config mismatches, fingerprint mismatches) are
     collected and raised as ONE ``ValueError`` so a broken handoff is diagnosed in a single run. An output that
     records no fingerprints (written before they existed) loads with a `UserWarning` saying how to record them.
@@ -282,7 +295,8 @@ def load_stage_weights(
     if expected_kind is not None and out.kind != expected_kind:
         problems.append(f"kind: saved {out.kind!r} != current {expected_kind!r}")
     if expected_config is not None:
-        problems += [f"config {m}" for m in config_mismatches(out.config, expected_config, ignore_config_fields)]
+        mismatches = config_mismatches(out.config, expected_config, ignore_config_fields, config_defaults)
+        problems += [f"config {m}" for m in mismatches]
     state = module.state_dict()
     target = _selected(state, out.excluded_prefixes)
     missing = sorted(set(target) - set(out.state_dict))

@@ -67,6 +67,23 @@ def test_motion_to_text_has_no_motion_losses(formatter: SequenceFormatter) -> No
     assert BOM not in labelled and EOM not in labelled
 
 
+@pytest.mark.parametrize("system", ["", "you move"])
+def test_system_prompt_opens_every_motion_sample(system: str) -> None:
+    tok = tiny_tokenizer()
+    plain = SequenceFormatter(tok, BOM, EOM, LATENT_DIM)
+    with_system = SequenceFormatter(tok, BOM, EOM, LATENT_DIM, system_prompt=system)
+    head = tok(f"<|im_start|>system\n{system}<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    z = torch.randn(3, LATENT_DIM)
+    for make in (lambda f: f.text_to_motion("a person jumps", z), lambda f: f.motion_to_text(z, "a person jumps .")):
+        a, b = make(plain), make(with_system)
+        assert b.input_ids.tolist() == head + a.input_ids.tolist()
+        # the system turn carries no loss: every mask is the plain sample's, shifted by the system turn
+        n = len(head)
+        assert (b.labels[:n] == IGNORE_INDEX).all() and torch.equal(b.labels[n:], a.labels)
+        for name in ("motion_mask", "fm_mask", "end_mask", "end_target"):
+            assert not getattr(b, name)[:n].any() and torch.equal(getattr(b, name)[n:], getattr(a, name)), name
+
+
 def test_collate_pads_and_indexes_latents(formatter: SequenceFormatter) -> None:
     z = [torch.randn(n, LATENT_DIM) for n in (3, 2, 4)]
     samples = [

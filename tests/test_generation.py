@@ -16,7 +16,7 @@ from llamo.core.llm import LLMConfig
 from llamo.core.model import LLaMo, LLaMoConfig
 from llamo.core.vae import CausalMotionVAE, VAEConfig
 from llamo.inference.fast import FastDecodeOptions, resolve_decode
-from llamo.inference.prompts import chat_prompt_ids, m2t_prompt, t2m_prompt_ids
+from llamo.inference.prompts import chat_prompt_ids, m2t_prompt, model_formatter, t2m_prompt_ids
 from llamo.inference.prompts import stop_token_ids as _stop_ids
 from llamo.inference.run import load_run
 from llamo.inference.t2m import STOP_EXIT, STOP_MAX_TOKENS, MotionChunk, generate_motion, stream_motion
@@ -70,6 +70,18 @@ def test_prompts_are_cut_from_training_samples(parts) -> None:
     # the caption's first token is the first NTP target, predicted from the prompt's last position
     assert int(train.labels[len(ids) - 1]) == int(train.input_ids[len(ids)]) != IGNORE_INDEX
     assert (train.labels[: len(ids) - 1] == IGNORE_INDEX).all()
+
+
+def test_inference_prompts_follow_the_configured_system_prompt() -> None:
+    model, _ = tiny_llamo("gqa_tied", system_prompt="")
+    tok = tiny_tokenizer()
+    model._tokenizer = tok  # the tiny config names no tokenizer folder
+    formatter = model_formatter(model)
+    assert formatter.system_prompt == ""
+    head = tok("<|im_start|>system\n<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    default = SequenceFormatter(tok, model.bom_id, model.eom_id, LATENT_DIM)
+    assert t2m_prompt_ids(formatter, PROMPTS[0]) == head + t2m_prompt_ids(default, PROMPTS[0])
+    assert m2t_prompt(formatter, 3)[0].tolist() == head + m2t_prompt(default, 3)[0].tolist()
 
 
 # -- cached generation == uncached recomputation --------------------------------------------------------------

@@ -176,6 +176,9 @@ class SequenceFormatter:
     ``tokenizer`` is a Hugging Face tokenizer; ``bom_id``/``eom_id`` the ids of [BOM]/[EOM] (`LLaMo.bom_id`,
     `LLaMo.eom_id`); ``latent_dim`` the VAE latent width; ``chat_template`` overrides the tokenizer's template
     (required when it has none, e.g. `PLAIN_CHAT_TEMPLATE`); ``pad_id`` defaults to the tokenizer's pad, else eos.
+
+    ``system_prompt`` (not None) opens every text-to-motion / motion-to-text sample with that system message, ""
+    included; None leaves the system turn to the template (an instruct template may insert its default one).
     """
 
     def __init__(
@@ -186,8 +189,10 @@ class SequenceFormatter:
         latent_dim: int,
         chat_template: str | None = None,
         pad_id: int | None = None,
+        system_prompt: str | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
         self.bom_id = bom_id
         self.eom_id = eom_id
         self.latent_dim = latent_dim
@@ -212,6 +217,7 @@ class SequenceFormatter:
         prompt = instruction.format(caption=caption)
         return self.format(
             [
+                *self._system(),
                 {"role": "user", "content": prompt},
                 {"role": "assistant", "content": [_as_span(motion)]},
             ]
@@ -223,6 +229,7 @@ class SequenceFormatter:
         """User shows a motion and asks for a description; the assistant answers with ``caption``."""
         return self.format(
             [
+                *self._system(),
                 {"role": "user", "content": [_as_span(motion), "\n" + instruction]},
                 {"role": "assistant", "content": caption},
             ]
@@ -241,6 +248,9 @@ class SequenceFormatter:
         return self._tokenize(full, regions, spans)
 
     # -- internals ------------------------------------------------------------------------------------
+
+    def _system(self) -> list[dict[str, str]]:
+        return [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
 
     def _render_message(self, message: Mapping[str, Any], spans: list[MotionSpan], index: int) -> dict[str, str]:
         if "role" not in message or "content" not in message:

@@ -28,6 +28,7 @@ __all__ = [
     "ExitHeadConfig",
     "FlowHead",
     "FlowHeadConfig",
+    "LatentStandardizer",
     "MotionAdapter",
     "MotionProjector",
     "TimestepEmbedder",
@@ -92,6 +93,59 @@ class MotionProjector(_MLPNorm):
 
     def __init__(self, hidden_size: int, cond_dim: int, eps: float = 1e-6) -> None:
         super().__init__(hidden_size, cond_dim, eps, "MotionProjector", "hidden_size")
+
+
+class LatentStandardizer(nn.Module):
+    """Per-channel standardisation of VAE latents: the model works on ``(z - mean) / std``.
+
+    A flow head draws its noise from N(0, I) and its time schedule assumes data of about that scale; VAE means
+    usually have a much smaller and uneven per-channel spread (MAR and latent diffusion rescale for the same
+    reason). The statistics are fitted once, on the training latents of the first LLaMo stage, and travel with
+    the model as buffers (handoffs, checkpoints), so every later stage and every inference uses the same ones.
+    """
+
+    def __init__(self, latent_dim: int, eps: float = 1e-4) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(latent_dim))
+        self.register_buffer("std", torch.ones(latent_dim))
+        # number of latent vectors the statistics came from; 0 = not fitted yet
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @property
+    def fitted(self) -> bool:
+        """Whether `fit` has set the statistics (also after loading them from a handoff)."""
+        return int(self.count) > 0
+
+    @torch.no_grad()
+    def fit(self, latents: Sequence[Tensor]) -> None:
+        """Set mean/std from clips of latents, each ``(N_i, latent_dim)`` (float64 accumulation)."""
+        rows = [z.reshape(-1, z.shape[-1]) for z in latents if z.numel()]
+        if not rows:
+            raise ValueError("LatentStandardizer.fit got no latents (the training split is empty)")
+        z = torch.cat(rows).double()  # (M, latent_dim)
+        if z.shape[-1] != self.mean.shape[0]:
+            raise ValueError(f"latents have width {z.shape[-1]}, the standardiser {self.mean.shape[0]}")
+        self.mean.copy_(z.mean(0).to(self.mean.dtype))
+        self.std.copy_(z.std(0, correction=0).clamp_min(self.eps).to(self.std.dtype))
+        self.count.fill_(z.shape[0])
+
+    def _check(self) -> None:
+        if not self.fitted:
+            raise ValueError(
+                "latent_norm: standardise needs latent statistics, but none were fitted: train stage 1 with this "
+                "config (it fits them on the training latents) or load a handoff that has them"
+            )
+
+    def normalise(self, z: Tensor) -> Tensor:
+        """VAE latents ``(..., latent_dim)`` -> the model's standardised latents."""
+        self._check()
+        return (z - self.mean.to(z.dtype)) / self.std.to(z.dtype)
+
+    def denormalise(self, z: Tensor) -> Tensor:
+        """The model's standardised latents ``(..., latent_dim)`` -> VAE latents."""
+        self._check()
+        return z * self.std.to(z.dtype) + self.mean.to(z.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,15 @@ from transformers import LlamaForCausalLM
 from transformers.cache_utils import Cache
 
 from llamo.core.format import IGNORE_INDEX, MotionTextBatch, SequenceFormatter, check_motion_layout
-from llamo.core.heads import ExitHead, ExitHeadConfig, FlowHead, FlowHeadConfig, MotionAdapter, MotionProjector
+from llamo.core.heads import (
+    ExitHead,
+    ExitHeadConfig,
+    FlowHead,
+    FlowHeadConfig,
+    LatentStandardizer,
+    MotionAdapter,
+    MotionProjector,
+)
 from llamo.core.llm import AddedTokenRows, LLMConfig, build_llm, load_tokenizer
 from llamo.core.mot import MoTLlama, MoTOutput, Routing
 
@@ -87,6 +95,14 @@ class LLaMoConfig:
     """Loss weights and teacher-forcing noise."""
     gradient_checkpointing: bool = False
     """Recompute each MoT layer in backward (activation memory for long sequences / big models)."""
+    system_prompt: str | None = None
+    """System message of every motion sample (text-to-motion, motion-to-text), training and inference alike;
+    None: the chat template's own (SmolLM2's inserts a 17-token default). ``""`` keeps only the empty system
+    turn, which shortens every sample; text-only chat is not affected."""
+    latent_norm: Literal["none", "standardise"] = "none"
+    """``none``: the model reads and generates VAE latents as they are. ``standardise``: per channel to zero mean
+    and unit variance (`LatentStandardizer`), with statistics fitted on stage 1's training latents; generated
+    latents are mapped back before the VAE decodes them."""
 
     def __post_init__(self) -> None:
         if isinstance(self.llm, dict):
@@ -96,6 +112,8 @@ class LLaMoConfig:
         for name, value in (("latent_dim", self.latent_dim), ("cond_dim", self.cond_dim)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"LLaMoConfig.{name} must be a positive integer, got {value!r}")
+        if self.latent_norm not in ("none", "standardise"):
+            raise ValueError(f"LLaMoConfig.latent_norm must be 'none' or 'standardise', got {self.latent_norm!r}")
         _check_head_keys(FlowHeadConfig, self.flow_head, _FLOW_HEAD_DERIVED, "flow_head")
         _check_head_keys(ExitHeadConfig, self.exit_head, _EXIT_HEAD_DERIVED, "exit_head")
         self.flow_head_config()  # validates the values too
@@ -203,6 +221,8 @@ class LLaMo(nn.Module):
             self.projector = MotionProjector(hidden, config.cond_dim, eps=llm.config.rms_norm_eps)
             self.flow_head = FlowHead(config.flow_head_config())
             self.exit_head = ExitHead(config.exit_head_config(hidden))
+            # buffers only when used: handoffs of models without standardisation keep their keys
+            self.latent_norm = LatentStandardizer(config.latent_dim) if config.latent_norm == "standardise" else None
         for module in (self.added_tokens, self.adapter, self.projector, self.flow_head, self.exit_head):
             module.float()  # also under a non-fp32 torch default dtype (e.g. Lightning's bf16-true init context)
 
@@ -238,12 +258,29 @@ class LLaMo(nn.Module):
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.config.llm.tokenizer_path)
         return SequenceFormatter(
-            self._tokenizer, self.bom_id, self.eom_id, self.config.latent_dim, chat_template=chat_template
+            self._tokenizer,
+            self.bom_id,
+            self.eom_id,
+            self.config.latent_dim,
+            chat_template=chat_template,
+            system_prompt=self.config.system_prompt,
         )
 
     def frozen_prefixes(self) -> list[str]:
         """State-dict prefixes that never train (the base LLM under MoT): a handoff may leave them out."""
         return ["mot.llm."] if self.config.mot else []
+
+    # -- latent space ----------------------------------------------------------------------------------
+
+    def to_model_latents(self, z: Tensor) -> Tensor:
+        """VAE latents ``(..., latent_dim)`` -> the latents the model reads and generates (``config.latent_norm``).
+
+        Every motion entering the model from the VAE passes here (training batches, motion-to-text prompts)."""
+        return z if self.latent_norm is None else self.latent_norm.normalise(z)
+
+    def to_vae_latents(self, z: Tensor) -> Tensor:
+        """The model's latents ``(..., latent_dim)`` -> VAE latents (what the VAE decodes)."""
+        return z if self.latent_norm is None else self.latent_norm.denormalise(z)
 
     # -- forward ---------------------------------------------------------------------------------------
 
@@ -334,7 +371,7 @@ class LLaMo(nn.Module):
         check_motion_layout(batch.input_ids, batch.motion_mask, self.bom_id, self.eom_id, batch.attention_mask)
         if batch.latents is None:
             raise ValueError("the batch has no latents; fill them with batch.with_latents(vae latents) first")
-        latents = batch.latents
+        latents = self.to_model_latents(batch.latents)  # FM targets and inputs in the model's latent space
         inputs = latents
         std = self.config.loss.input_noise_std
         if self.training and std > 0 and latents.numel():

@@ -34,7 +34,7 @@ conditional rows (SLED-TTS).
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -77,7 +77,7 @@ class MotionChunk:
     index: int
     """Latent index in the sequence (0-based); the chunk holds frames ``4 * index .. 4 * index + 3``."""
     latent: Tensor
-    """``(latent_dim,)`` float32 the sampled latent."""
+    """``(latent_dim,)`` float32 the sampled latent, in the VAE's space (what the VAE decoded)."""
     normalized: Tensor
     """``(4, 272)`` float32 normalised features (the VAE's output space)."""
     features: Tensor
@@ -98,7 +98,7 @@ class GeneratedMotion:
     prompt: str
     """The caption it was generated from."""
     latents: Tensor
-    """``(N, latent_dim)`` float32 sampled latents."""
+    """``(N, latent_dim)`` float32 sampled latents, in the VAE's space."""
     normalized: Tensor
     """``(4N, 272)`` float32 normalised features."""
     features: Tensor
@@ -307,6 +307,7 @@ def stream_motion(
             yield from _decode_loop(
                 path,
                 head,
+                model.to_vae_latents,
                 vae,
                 normalizer,
                 n,
@@ -333,6 +334,7 @@ def stream_motion(
 def _decode_loop(
     path: EagerDecodePath | StaticDecodePath,
     head: FlowHead,
+    to_vae_latents: Callable[[Tensor], Tensor],
     vae: CausalMotionVAE,
     normalizer: Normalizer,
     n: int,
@@ -385,12 +387,12 @@ def _decode_loop(
         else:
             gen_device = generator.device if generator is not None else device
             x0 = temperature * torch.randn(n, latent_dim, generator=generator, device=gen_device)[drawn].to(device)
-        z = path.sample(head, x0.float(), steps, scale, count)
+        z = path.sample(head, x0.float(), steps, scale, count)  # the model's latent space (fed back below)
+        latents = to_vae_latents(z.float())  # (B, D) what the VAE decodes
 
-        normalized = decoder.step(z.to(vae_dtype)[:, None]).float()  # (B, 4, 272)
+        normalized = decoder.step(latents.to(vae_dtype)[:, None]).float()  # (B, 4, 272)
         features = normalizer.denormalise(normalized)
         joints = tracker.step(features)  # (B, 4, 22, 3)
-        latents = z.float()
         for seq, row in zip(active, batch_rows):
             yield MotionChunk(seq, k, latents[row], normalized[row], features[row], joints[row])
 

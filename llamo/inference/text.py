@@ -328,7 +328,8 @@ def caption(
         raise ValueError("motion has no latent token; give at least 4 frames or one latent")
     ids, motion_mask = m2t_prompt(formatter, int(x.shape[0]))
     dtype = next(model.parameters()).dtype
-    logits_fn = LLaMoTextLogitsFn(model, motion_mask[None].to(device), x.to(device, dtype))
+    latents = model.to_model_latents(x.to(device, torch.float32)).to(dtype)  # VAE means -> the model's space
+    logits_fn = LLaMoTextLogitsFn(model, motion_mask[None].to(device), latents)
     (tokens,) = decode_tokens(
         logits_fn,
         ids[None].to(device),

@@ -37,6 +37,11 @@ class StageModule(L.LightningModule):
         """JSON-able config that rebuilds ``self.core``; saved next to the handoff weights and checked on load."""
         raise NotImplementedError
 
+    def core_config_defaults(self) -> dict[str, Any]:
+        """Values of `core_config` fields that a handoff written before they existed counts as holding (dotted
+        names). Default: none, every field must be recorded."""
+        return {}
+
     def handoff_excluded_prefixes(self) -> list[str]:
         """State-dict prefixes of ``self.core`` not written to the handoff (e.g. the frozen base LLM)."""
         return []

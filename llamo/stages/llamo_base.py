@@ -116,6 +116,25 @@ class LLaMoStage(StageModule):
             # `*-true` half precisions cast the whole module after this hook (Strategy.setup -> convert_module)
             self._check_precision(HALF_TRUE_PRECISIONS.get(str(self.trainer.precision)))
             check_fsdp1_uniform_dtype((p.dtype for p in self.core.parameters()), self.trainer.strategy)
+            self._fit_latent_norm()
+
+    def _fit_latent_norm(self) -> None:
+        """``latent_norm: standardise``: fit the statistics on the training latents unless a handoff brought them.
+
+        The DataModule's ``setup`` and the handoff callback's ``setup`` both run before this hook, so a later stage
+        keeps stage 1's statistics. Every process computes them from the whole training split, so ranks agree."""
+        norm = self.core.latent_norm
+        if norm is None or norm.fitted:
+            return
+        train_set = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
+        latents = getattr(getattr(train_set, "latents", None), "latents", None)
+        if latents is None:
+            raise ValueError(
+                "model.init_args.core.latent_norm=standardise fits its statistics on the DataModule's "
+                "train_set.latents (llamo.data.llamo_data.LLaMoDataModule); this DataModule has none: use "
+                "LLaMoDataModule or set latent_norm: none"
+            )
+        norm.fit(latents)
 
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
@@ -141,6 +160,10 @@ class LLaMoStage(StageModule):
         # loss settings are training choices of a stage, not part of the architecture handed on
         cfg.pop("loss", None)
         return cfg
+
+    def core_config_defaults(self) -> dict[str, Any]:
+        # fields added after the first releases: an older handoff is read as holding their defaults
+        return {name: LLaMoConfig.__dataclass_fields__[name].default for name in ("system_prompt", "latent_norm")}
 
     def handoff_excluded_prefixes(self) -> list[str]:
         return self.core.frozen_prefixes()
