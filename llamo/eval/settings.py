@@ -131,7 +131,7 @@ class EvalSettings:
                 f"--caption_temperature {value:g} has no effect with --gen_seeds 1 (greedy captions); pass "
                 "--gen_seeds K > 1 to sample the captions",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,  # the caller of EvalSettings(...)
             )
 
     def _check_protocol(self) -> None:
