@@ -330,3 +330,136 @@ def test_bad_generation_flags_name_the_flag() -> None:
     ):
         with pytest.raises(ValueError, match=flag):
             EvalSettings(device="cpu", **bad)
+
+
+# ------------------------------------------------------------------- --gen_seeds in Table 4 (sampled captions)
+
+
+def _text_embedding(texts: Any) -> Any:
+    """A fake evaluator text encoder (4 dims from the words), so caption R@3 / MM-Dist vary with the captions."""
+    import torch
+
+    return torch.tensor([[len(t), len(t.split()), t.count("a"), t.count("e")] for t in texts], dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def m2t_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Table 4 of a tiny random run (stage1 + VAE) on a small synthetic corpus, with --gen_seeds 1 and 2."""
+    import warnings
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    from tiny_llamo import write_tiny_run
+
+    from llamo.eval.items import load_test_items
+    from llamo.eval.m2t import m2t_section
+    from llamo.eval.settings import EvalSettings, Section
+    from llamo.inference.run import load_run
+    from llamo.motion.normalization import Normalizer
+    from llamo.motion.synthetic import synthesize
+
+    root = tmp_path_factory.mktemp("m2t")
+    rng = np.random.default_rng(0)
+    run_dir, _, _ = write_tiny_run(root, Normalizer(0.1 * rng.normal(size=272), 0.5 + 0.1 * rng.random(272)))
+    data = root / "data"
+    synthesize(data, clips=40, seed=3, progress=False)
+    run = load_run(run_dir)
+    common = dict(device="cpu", bertscore=False, caption_tokens=6, items=3)
+    items = load_test_items(data, EvalSettings(**common))
+    evaluator = SimpleNamespace(encode_text=_text_embedding)
+    real = torch.randn(len(items.ids), 4, generator=torch.Generator().manual_seed(0))
+    out: dict[str, Any] = {"run": run, "items": items, "common": common, "evaluator": evaluator, "real": real}
+    for k in (1, 2):
+        section = Section("m2t", "Table 4")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tiny run records no training length: "captioned whole"
+            m2t_section(run, evaluator, real, items, data, EvalSettings(gen_seeds=k, **common), section)
+        out[k] = section.to_dict()
+    return out
+
+
+def test_gen_seeds_one_keeps_the_greedy_table4(m2t_run: dict[str, Any]) -> None:
+    import warnings
+
+    from metrics.captioning import caption_metrics
+
+    run, items, one = m2t_run["run"], m2t_run["items"], m2t_run[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        greedy = [run.caption(f, max_new_tokens=6) for f in items.features]
+    assert list(one["predictions"].values()) == greedy
+    real_rows = one["rows"][:-1]
+    retrieval = dict(encode_text=m2t_run["evaluator"].encode_text, motion_embeddings=m2t_run["real"])
+    expected = caption_metrics(
+        greedy, items.captions, bertscore_config=None, retrieval_group_size=len(greedy), seed=0, **retrieval
+    ).scores
+    # the LLaMo row is the greedy captions' score set itself: no interval, no per-generation values
+    assert one["rows"][-1] == {"name": "LLaMo (stage1)", **expected}
+    llamo = one["rows"][-1]
+    assert not any(k.endswith("_ci95") for k in llamo) and "gen_seeds" not in one and "decoding" not in one
+    assert "captioned greedily" in one["notes"][0]
+    assert m2t_run[2]["rows"][:-1] == real_rows  # the reference and constant rows do not depend on generation
+
+
+def test_gen_seeds_two_samples_table4_and_reports_the_t_interval(m2t_run: dict[str, Any]) -> None:
+    import json
+    import warnings
+
+    from llamo.eval.m2t import caption_test_motions
+    from llamo.eval.markdown import format_report
+    from llamo.eval.seeds import seed_interval
+    from llamo.eval.settings import EvalSettings, check_finite
+
+    two, one = m2t_run[2], m2t_run[1]
+    back = json.loads(json.dumps(two))  # what results.json holds
+    check_finite(back)
+    llamo = back["rows"][-1]
+    per_generation = back["gen_seeds"]
+    assert set(per_generation) == {"bleu_1", "bleu_4", "rouge_l", "cider", "R@1", "R@2", "R@3", "MM-Dist"}
+    for metric, values in per_generation.items():
+        assert len(values) == 2
+        assert llamo[metric] == pytest.approx(sum(values) / 2)
+        assert llamo[f"{metric}_ci95"] == pytest.approx(seed_interval(values).ci95)
+    assert len(set(per_generation["MM-Dist"])) == 2  # the two generations sampled different captions
+    gens = back["generation_predictions"]
+    assert len(gens) == 2 and gens[0] != gens[1] and gens[0] == back["predictions"]
+    assert list(gens[0].values()) != list(one["predictions"].values())  # sampled, not greedy
+    assert back["decoding"] == {"mode": "sampled", "generations": 2, "temperature": 0.7}
+    # a caption is a function of (seed, item, generation): generation 1 alone gives the same captions
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = caption_test_motions(
+            m2t_run["run"], m2t_run["items"], EvalSettings(gen_seeds=2, **m2t_run["common"]), 1
+        )
+    assert again == list(gens[1].values())
+    assert "sampling at temperature 0.7" in back["notes"][0] and "t_{0.975,K-1}" in back["notes"][0]
+    sections = {
+        k: {"title": k, "seconds": 0.0, "skipped": "x", "notes": []}
+        for k in ("reconstruction", "t2m", "language", "samples")
+    }
+    results = {"run": "r", "data": "d", "settings": {"split": "test"}, "llamo_stage": "stage1", "created": "now",
+               "seconds": 1.0, "tables": {**sections, "m2t": back}}  # fmt: skip
+    row = next(line for line in format_report(results).splitlines() if line.startswith("| LLaMo"))
+    assert row.count(" ± ") == 6  # every column but the skipped BERTScore
+    assert f"{100 * llamo['bleu_1']:.2f} ± {100 * llamo['bleu_1_ci95']:.2f}" in row
+
+
+def test_bad_caption_temperature_names_the_flag(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    import math
+
+    from llamo.commands.evaluation import run as eval_run_command
+    from llamo.eval.settings import EvalSettings
+    from metrics.command import run_command
+
+    for bad in (0.0, -0.5, math.nan, math.inf):
+        with pytest.raises(ValueError, match="--caption_temperature"):
+            EvalSettings(device="cpu", gen_seeds=2, caption_temperature=bad)
+    with pytest.raises(ValueError, match="--caption_temperature"):
+        EvalSettings(device="cpu", caption_temperature=math.nan)
+    with pytest.warns(UserWarning, match="--caption_temperature 1 has no effect with --gen_seeds 1"):
+        EvalSettings(device="cpu", caption_temperature=1.0)
+    EvalSettings(device="cpu", gen_seeds=3, caption_temperature=1.3)  # a valid sampling temperature
+    args = [str(tmp_path), "--data", str(tmp_path), "--gen_seeds", "2", "--caption_temperature", "0"]
+    assert run_command(eval_run_command, args, "llamo eval run") == 2
+    assert "--caption_temperature must be a finite number > 0" in capsys.readouterr().err

@@ -152,7 +152,13 @@ def _name_protocols(sections: dict[str, Section], inputs: EvalInputs, settings: 
             f"{evaluator}"
         )
     bert = inputs.bertscore
-    sections["m2t"].data["protocol"] = "TM2T (greedy captions of the test clips, every reference); BERTScore " + (
+    decoding = (
+        "greedy captions of the test clips"
+        if settings.gen_seeds == 1
+        else f"{settings.gen_seeds} captions of each test clip sampled at temperature "
+        f"{settings.caption_temperature:g}, mean ± t-based 95 % interval over them"
+    )
+    sections["m2t"].data["protocol"] = f"TM2T ({decoding}, every reference); BERTScore " + (
         "off"
         if bert is None
         else f"TM2T roberta-large (layer {bert.num_layers}, IDF, rescaled)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,8 +83,14 @@ class EvalSettings:
     """Everything comparable with the paper: the MotionStreamer evaluator (--evaluator, --mean_std), its protocol
     (implies --protocol motionstreamer) and the TM2T BERTScore (--bertscore_model); one error lists what is missing."""
     gen_seeds: int = 1
-    """Generations of every test motion (Table 3) with different seeds; K > 1 reports the LLaMo row as the mean ±
-    t-based 95 % interval over the K generations (`llamo.eval.gen_seeds`); captions stay greedy. 1 = today's."""
+    """Generations of every test motion (Table 3) and of every test caption (Table 4) with different seeds; K > 1
+    reports each LLaMo row as the mean ± t-based 95 % interval over the K generations (`llamo.eval.gen_seeds`), the
+    captions sampled at --caption_temperature. 1 = today's: one generation, greedy captions."""
+    caption_temperature: float = 0.7
+    """Sampling temperature of Table 4's captions with --gen_seeds K > 1 (K = 1: greedy). Below 1 on purpose: it
+    keeps the samples near the captions the model ranks highest, so the interval measures how much the captions
+    vary between seeds rather than how far the unlikely tail of the vocabulary (fully weighted at 1) drags every
+    metric down."""
     mm_texts: int = 0
     """MultiModality: test texts generated --mm_gens times each (0: no MultiModality column)."""
     mm_gens: int = 10
@@ -107,7 +114,25 @@ class EvalSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 2 (or omitted for all), got {value}")
         if self.min_frames > self.max_frames or self.min_frames < 4:
             raise ValueError(f"--min-frames ({self.min_frames}) must be >= 4 and <= --max-frames ({self.max_frames})")
+        self._check_caption_temperature()
         self._check_protocol()
+
+    def _check_caption_temperature(self) -> None:
+        """A finite temperature > 0 (greedy captions are ``--gen_seeds 1``); one that nothing reads is a warning."""
+        value = self.caption_temperature
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"--caption_temperature must be a finite number > 0, got {value!r}; it samples Table 4's captions "
+                "with --gen_seeds K > 1 (for greedy captions use --gen_seeds 1)"
+            )
+        default = EvalSettings.__dataclass_fields__["caption_temperature"].default
+        if self.gen_seeds == 1 and value != default:
+            warnings.warn(
+                f"--caption_temperature {value:g} has no effect with --gen_seeds 1 (greedy captions); pass "
+                "--gen_seeds K > 1 to sample the captions",
+                UserWarning,
+                stacklevel=4,  # the caller of EvalSettings(...)
+            )
 
     def _check_protocol(self) -> None:
         """``--paper`` implies MotionStreamer's protocol, which is one run of every item at the GT length."""

@@ -177,7 +177,7 @@ def t2m_section(
             f"LLaMo row: {settings.gen_seeds} generations of every test motion with different seeds (`--gen_seeds`); "
             "mean over the generations of each one's protocol mean ± the t-based 95 % interval over them, "
             "t_{0.975,K-1} · s / sqrt(K) (generation noise; not training noise). Real and shuffled rows: one "
-            "protocol. Captions (Table 4) stay greedy: only motions vary."
+            "protocol. Table 4 samples its captions K times in the same way."
         )
     if mm is not None:
         section.notes.append(

@@ -1,10 +1,13 @@
 """Text decoding: one batched decoder for captions, chat and the language probe.
 
-Every text answer of the suite comes from `decode_tokens`: greedy (argmax) or sampled next tokens over a text
-vocabulary, one KV-cached step per token, rows leaving the batch as they finish. It reads logits through a
-`LogitsFn`, ``(input_ids (B, L), attention_mask (B, L) | None) -> logits (B, L, V')``, so the base Hugging Face
-model (`HFLogitsFn`) and LLaMo (`LLaMoTextLogitsFn`, optionally with motion in the prompt) are decoded by the same
-code. Contract of a `LogitsFn`:
+Every text answer of the suite comes from `decode_tokens`: greedy (argmax, the default) or sampled next tokens
+over a text vocabulary, one KV-cached step per token, rows leaving the batch as they finish. Sampling is at a
+temperature, optionally restricted to the top-p nucleus, and draws from explicit CPU `torch.Generator` objects:
+one per row makes every row's text a function of its own prompt and seed, whatever else shares the batch.
+
+`decode_tokens` reads logits through a `LogitsFn`, ``(input_ids (B, L), attention_mask (B, L) | None) -> logits
+(B, L, V')``, so the base Hugging Face model (`HFLogitsFn`) and LLaMo (`LLaMoTextLogitsFn`, optionally with motion
+in the prompt) are decoded by the same code. Contract of a `LogitsFn`:
 
 - rows are LEFT-padded (``attention_mask`` 1 = real token, 0 = padding); a token's position is the number of real
   tokens before it (`positions_from_mask`), so a padded row gives the logits of the same row unpadded.
@@ -49,6 +52,7 @@ __all__ = [
     "hf_logits_fn",
     "plan_windows",
     "positions_from_mask",
+    "sample_next_tokens",
 ]
 
 #: ``(input_ids (B, L) long, attention_mask (B, L) | None) -> logits (B, L, V')`` (see the module docstring)
@@ -204,24 +208,42 @@ def decode_tokens(
     max_new_tokens: int,
     greedy: bool = True,
     temperature: float = 1.0,
-    generator: torch.Generator | None = None,
+    top_p: float = 1.0,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     use_cache: bool = True,
     finished: Callable[[list[int]], bool] | None = None,
 ) -> list[list[int]]:
     """New token ids per row of ``input_ids (B, L)`` (left-padded by ``attention_mask``, None: no padding).
 
-    Each step reads the last position's logits over the first ``vocab_size`` columns and takes the argmax (or,
-    with ``greedy=False``, samples at ``temperature`` from ``generator`` on the CPU). A row ends at a token of
-    ``stop_ids`` (not returned), when ``finished(tokens)`` says so (the token that made it true is kept), or after
-    ``max_new_tokens``; finished rows leave the batch (and the KV cache). ``use_cache`` uses the
-    `IncrementalLogitsFn` methods when ``logits_fn`` has them.
+    Each step reads the last position's logits over the first ``vocab_size`` columns and takes the argmax. With
+    ``greedy=False`` it samples instead (`sample_next_tokens`): softmax of the logits / ``temperature``, cut to
+    the smallest set of most likely tokens whose probability reaches ``top_p`` (1: no cut), one draw per row on
+    the CPU. ``generator`` is one CPU `torch.Generator` per row of ``input_ids`` (row i draws only from
+    ``generator[i]``, so the same prompt and seed give the same text in any batch), or one generator that the
+    rows share, drawing in row order (then a row's text depends on the rows before it), or None (the global
+    generator). A row ends at a token of ``stop_ids`` (not returned), when ``finished(tokens)`` says so (the
+    token that made it true is kept), or after ``max_new_tokens``; finished rows leave the batch (and the KV
+    cache). ``use_cache`` uses the `IncrementalLogitsFn` methods when ``logits_fn`` has them.
+
+    Per-row generators make the draws independent of the batch; the logits they draw from are those of the
+    `LogitsFn` contract (a padded row gives its unpadded logits), up to float rounding that other batch shapes
+    can change in the last bits, which can move a draw that lies within that rounding of a token boundary.
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if not greedy and not temperature > 0:
-        raise ValueError(f"temperature must be > 0 for sampling, got {temperature!r}")
+    if not greedy:
+        _check_sampling(temperature, top_p)
     if attention_mask is None and input_ids.shape[0] > 1:
         raise ValueError("several prompts need an attention_mask (left padding); pass one from left_pad")
+    if isinstance(generator, torch.Generator) or generator is None:
+        generators = [generator] * input_ids.shape[0]  # shared: rows draw from it one after another
+    else:
+        generators = list(generator)
+        if len(generators) != input_ids.shape[0]:
+            raise ValueError(
+                f"generator must be one torch.Generator per prompt ({input_ids.shape[0]}), got {len(generators)}; "
+                "or pass a single generator for all rows"
+            )
     incremental = use_cache and isinstance(logits_fn, IncrementalLogitsFn)
     ids, mask = input_ids, attention_mask
     generated: list[list[int]] = [[] for _ in range(ids.shape[0])]
@@ -250,8 +272,7 @@ def decode_tokens(
         if greedy:
             next_ids = logits.argmax(-1).cpu()  # (B,)
         else:
-            probs = torch.softmax(logits.float() / temperature, dim=-1)
-            next_ids = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0]
+            next_ids = sample_next_tokens(logits, [generators[i] for i in alive], temperature=temperature, top_p=top_p)
         keep: list[int] = []
         for row, index in enumerate(alive):
             token = int(next_ids[row])
@@ -276,6 +297,45 @@ def decode_tokens(
     return generated
 
 
+def _check_sampling(temperature: float, top_p: float) -> None:
+    """Sampling needs a finite temperature > 0 (greedy decoding is ``greedy=True``, not temperature 0) and
+    0 < top_p <= 1."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(
+            f"temperature must be a finite number > 0 for sampling, got {temperature!r}; for greedy decoding pass "
+            "greedy=True"
+        )
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1: no nucleus cut), got {top_p!r}")
+
+
+def sample_next_tokens(
+    logits: Tensor,
+    generators: Sequence[torch.Generator | None],
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> Tensor:
+    """One sampled token id per row of ``logits (B, V)``: ``(B,)`` long on the CPU.
+
+    Row r draws from ``softmax(logits[r] / temperature)``, restricted to its top-p nucleus (the most likely tokens,
+    in descending order with ties kept in index order, up to and including the first whose cumulative probability
+    reaches ``top_p``), with one `torch.multinomial` call on ``generators[r]``, so a row's draw depends only on
+    its logits and its generator's state. Rows that share one generator consume it in row order (for B rows
+    that is the stream one batched ``multinomial`` call would use).
+    """
+    _check_sampling(temperature, top_p)
+    if len(generators) != logits.shape[0]:
+        raise ValueError(f"sample_next_tokens needs one generator per row ({logits.shape[0]}), got {len(generators)}")
+    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()  # (B, V)
+    if top_p < 1:
+        ranked, order = probs.sort(dim=-1, descending=True, stable=True)
+        before = ranked.cumsum(-1) - ranked  # probability of the tokens ranked above each one
+        ranked = ranked.masked_fill(before >= top_p, 0.0)  # the top token always stays (before = 0)
+        probs = torch.zeros_like(probs).scatter(-1, order, ranked)  # multinomial needs no renormalisation
+    return torch.cat([torch.multinomial(probs[r : r + 1], 1, generator=g)[:, 0] for r, g in enumerate(generators)])
+
+
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -291,6 +351,7 @@ def caption(
     max_new_tokens: int = 48,
     greedy: bool = True,
     temperature: float = 1.0,
+    top_p: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> str:
     """Describe a motion in one sentence (motion-to-text with the frozen text head, the `M2T_INSTRUCTION` prompt).
@@ -298,7 +359,9 @@ def caption(
     ``motion`` is either latents ``(N, latent_dim)`` or features ``(T, 272)``: un-normalised (corpus ``.npy``
     clips; ``normalizer`` required) or, with ``normalized=True``, already normalised. Features are cropped to
     their first multiple of 4 frames and encoded to the VAE means, as the training latents were. Decoding is
-    greedy unless ``greedy=False`` (sampling at ``temperature`` from ``generator``) and stops at eos/end-of-turn.
+    greedy unless ``greedy=False`` (sampling at ``temperature``, within the ``top_p`` nucleus, from the CPU
+    ``generator``: the same generator seed gives the same caption; see `decode_tokens`) and stops at
+    eos/end-of-turn.
     """
     formatter = model_formatter(model) if formatter is None else formatter
     latent_dim = model.config.latent_dim
@@ -339,6 +402,7 @@ def caption(
         max_new_tokens=max_new_tokens,
         greedy=greedy,
         temperature=temperature,
+        top_p=top_p,
         generator=generator,
     )
     return formatter.tokenizer.decode(tokens, skip_special_tokens=True).strip()
@@ -428,6 +492,7 @@ def chat(
     max_new_tokens: int = 256,
     greedy: bool = True,
     temperature: float = 1.0,
+    top_p: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> str:
     """The assistant's reply to a text-only chat ``[{"role": ..., "content": ...}, ...]``.
@@ -446,6 +511,7 @@ def chat(
         max_new_tokens=max_new_tokens,
         greedy=greedy,
         temperature=temperature,
+        top_p=top_p,
         generator=generator,
     )
     return formatter.tokenizer.decode(tokens, skip_special_tokens=True).strip()
