@@ -1,8 +1,9 @@
 """``ReconstructionPreviews``: a few validation clips, ground truth above reconstruction, as TensorBoard images.
 
-Rendered with :func:`llamo.motion.render.render_motion` (png filmstrips) on rank 0 after each validation epoch
-(every ``every_n_epochs``). The clips are the first ``num_clips`` of the first validation batch, so the same
-clips are shown every epoch (the VAE DataModule does not shuffle validation).
+Rendered on rank 0 after each validation epoch (every ``every_n_epochs``) with :func:`filmstrip`, the png filmstrip
+of :func:`llamo.motion.render.render_motion` as an image array (the LLaMo stages'
+:class:`~callbacks.llamo_previews.GenerationPreviews` draw with it too). The clips are the first ``num_clips`` of the
+first validation batch, so the same clips are shown every epoch (the VAE DataModule does not shuffle validation).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.image import imread
 
+from llamo.motion.normalization import Normalizer
 from llamo.motion.render import render_motion
 
 log = logging.getLogger(__name__)
@@ -86,25 +88,30 @@ class ReconstructionPreviews(L.Callback):
         motion, lengths = batch["motion"], batch["lengths"]
         recon = pl_module.core(motion, lengths, sample=False).recon
         images = []
-        with tempfile.TemporaryDirectory() as tmp:
-            for b in range(motion.shape[0]):
-                frames = min(int(lengths[b]), self.max_frames)
-                strips = []
-                for name, clip in (("ground truth", motion[b, :frames]), ("reconstruction", recon[b, :frames])):
-                    path = Path(tmp) / f"{b}_{name.replace(' ', '_')}.png"
-                    render_motion(
-                        clip.float().cpu(),
-                        path,
-                        caption=name,
-                        normalizer=pl_module.normalizer,
-                        panels=self.panels,
-                        progress=False,
-                    )
-                    strips.append(_rgb_uint8(imread(path)))
-                width = max(s.shape[1] for s in strips)
-                strips = [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
-                images.append(np.concatenate(strips, axis=0))
+        for b in range(motion.shape[0]):
+            frames = min(int(lengths[b]), self.max_frames)
+            strips = [
+                filmstrip(clip.float().cpu(), caption=name, normalizer=pl_module.normalizer, panels=self.panels)
+                for name, clip in (("ground truth", motion[b, :frames]), ("reconstruction", recon[b, :frames]))
+            ]
+            width = max(s.shape[1] for s in strips)
+            strips = [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
+            images.append(np.concatenate(strips, axis=0))
         return images
+
+
+def filmstrip(
+    features: np.ndarray | torch.Tensor, *, caption: str | None, normalizer: Normalizer | None = None, panels: int = 6
+) -> np.ndarray:
+    """One clip as an (H, W, 3) uint8 image for ``add_image(..., dataformats="HWC")``: the png filmstrip of
+    :func:`~llamo.motion.render.render_motion` (``panels`` evenly spaced frames, ``caption`` as its title), read back.
+
+    ``features`` are (T, 272), un-normalised unless ``normalizer`` is given (then they are de-normalised first).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "filmstrip.png"
+        render_motion(features, path, caption=caption, normalizer=normalizer, panels=panels, progress=False)
+        return _rgb_uint8(imread(path))
 
 
 def _rgb_uint8(image: np.ndarray) -> np.ndarray:

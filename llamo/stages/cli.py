@@ -6,7 +6,9 @@
 DataModule. The ``handoff`` arguments (a forced :class:`~callbacks.handoff.StageHandoff`, so an overlay that
 replaces ``trainer.callbacks`` cannot drop it) say where the stage starts from and where it writes its output.
 The ``progress`` arguments configure the forced :class:`~callbacks.progress.LogProgress` (plain progress lines
-when stdout is a log, not a terminal; defaults in ``experiments/base.yaml``), forced for the same reason.
+when stdout is a log, not a terminal; defaults in ``experiments/base.yaml``), forced for the same reason, and so are
+the ``previews`` arguments of :class:`~callbacks.llamo_previews.GenerationPreviews` (the LLaMo stages' generated
+motions, captions and R@3 in TensorBoard; the demo overlays set ``trainer.callbacks: []`` and still get them).
 
 **One seed per run.** ``seed_everything`` (``experiments/base.yaml``: 0) is the run's only seed knob: it seeds
 Lightning's global RNG and is linked to ``model.init_args.seed`` (the stage's per-step noise) and
@@ -31,6 +33,7 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.handoff import StageHandoff
+from callbacks.llamo_previews import GenerationPreviews
 from callbacks.progress import LogProgress
 from llamo.stages.base import StageModule
 
@@ -90,12 +93,15 @@ def explicit_seeds(args: Sequence[str]) -> list[tuple[str, str, int]]:
 
 
 class LlamoCLI(LightningCLI):
-    """LightningCLI with the forced stage handoff and log progress, and the resume-vs-handoff rule (resume wins)."""
+    """LightningCLI with the forced stage handoff, log progress and generation previews, and the resume-vs-handoff
+    rule (resume wins)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(StageHandoff, "handoff")
         # forced like the handoff: stage files replace `trainer.callbacks` whole, which would drop it from there
         parser.add_lightning_class_args(LogProgress, "progress")
+        # forced for the same reason; the VAE and evaluator stages ignore it (it needs a LLaMo core)
+        parser.add_lightning_class_args(GenerationPreviews, "previews")
         # one seed per run (module docstring): the linked targets always equal seed_everything
         for target in SEED_TARGETS:
             parser.link_arguments("seed_everything", target, compute_fn=run_seed)
