@@ -74,6 +74,14 @@ DEMO_DATA ?= $(demo_data_$(DEMO_SCALE))
 DEMO_BASE ?= $(demo_exp_$(DEMO_SCALE))
 DEMO_EXP ?= $(DEMO_BASE)$(call seed_suffix,$(SEED))
 DEMO_EVAL_ARGS ?= $(demo_eval_$(DEMO_SCALE))
+# the demo's generation setting is chosen per run on the validation split (`llamo eval sweep`, README "The generation
+# setting") and recorded in <run>/generation.json, which `llamo eval run` then uses; DEMO_SWEEP_ARGS= skips the sweep
+# (the model config's defaults: no guidance)
+demo_sweep_full := --scales '[1,3,5]' --sources '[prompt]' --steps '[25]' --items 48 --gen_seeds 1
+demo_sweep_smoke := --scales '[1,2]' --sources '[prompt]' --steps '[4]' --items 16 --gen_seeds 1 --repeats 2
+DEMO_SWEEP_ARGS ?= $(demo_sweep_$(DEMO_SCALE))
+# evaluate run folder $(1) on data $(2) with extra `eval run` flags $(3): the sweep first (LLaMo runs only: $(4) empty)
+demo_evaluate = $(if $(and $(DEMO_SWEEP_ARGS),$(if $(4),,yes)),$(LLAMO) eval sweep $(1) --data $(2) $(DEMO_SWEEP_ARGS) && )$(LLAMO) eval run $(1) --data $(2) $(3)
 
 # stage ids used by `make stage-<id>` and the folder each writes under runs/<EXP>/
 STAGES := vae evaluator 1 2 3
@@ -151,8 +159,8 @@ demo: install ## The whole pipeline on the embedded corpus + runs/demo/report.md
 		$(MAKE) --no-print-directory stage-$$s EXP=$(DEMO_EXP) MODEL=$(DEMO_MODEL) OVERLAYS="$(DEMO_OVERLAYS)" \
 			DATA=$(DEMO_DATA) SEED=$(SEED) || exit 1; \
 		echo "demo: stage $$s took $$(( $$(date +%s) - start )) s"; done
-	@start=$$(date +%s); $(LLAMO) eval run $(RUNS)/$(DEMO_EXP) --data $(DEMO_DATA) $(DEMO_EVAL_ARGS) || exit 1; \
-		echo "demo: evaluation took $$(( $$(date +%s) - start )) s; report: $(RUNS)/$(DEMO_EXP)/report.md"
+	@start=$$(date +%s); $(call demo_evaluate,$(RUNS)/$(DEMO_EXP),$(DEMO_DATA),$(DEMO_EVAL_ARGS)) || exit 1; \
+		echo "demo: evaluation (sweep on val + eval run) took $$(( $$(date +%s) - start )) s; report: $(RUNS)/$(DEMO_EXP)/report.md"
 
 demo-assets: install ## The demo's inputs: synthesise DEMO_DATA if absent, convert SmolLM2 if absent
 	@test -f $(DEMO_DATA)/split/test.txt || $(LLAMO) data synth --out $(DEMO_DATA) --clips $(demo_clips_$(DEMO_SCALE)) --seed 0
@@ -221,16 +229,16 @@ ablate-%: install ## One ablation at the demo budget (experiments/ablations/<nam
 	$(MAKE) --no-print-directory pipeline EXP=ablate-$*$(call seed_suffix,$(SEED)) ABLATION=$* MODEL=$(DEMO_MODEL) \
 		OVERLAYS="$(DEMO_OVERLAYS)" DATA=$(call ablation_data,$*) PIPELINE_STAGES="$(or $(ablation_stages_$*),$(STAGES))" \
 		REUSE=$(REUSE_ABLATIONS) SEED=$(SEED)
-	$(LLAMO) eval run $(RUNS)/ablate-$*$(call seed_suffix,$(SEED)) --data $(call ablation_data,$*) \
-		--out $(RUNS)/ablate-$*$(call seed_suffix,$(SEED))/results.json $(DEMO_EVAL_ARGS)
+	$(call demo_evaluate,$(RUNS)/ablate-$*$(call seed_suffix,$(SEED)),$(call ablation_data,$*),\
+		--out $(RUNS)/ablate-$*$(call seed_suffix,$(SEED))/results.json $(DEMO_EVAL_ARGS),$(call vae_only,$*))
 
 ablate-model-%: install ## Model-size ablation: the demo pipeline on experiments/model/<size>.yaml -> runs/ablate-model-<size>/results.json
 	@test -f experiments/model/$*.yaml || { echo "no experiments/model/$*.yaml; sizes: $(basename $(notdir $(wildcard experiments/model/*.yaml)))"; exit 2; }
 	@$(MAKE) --no-print-directory demo-assets
 	$(MAKE) --no-print-directory pipeline EXP=ablate-model-$*$(call seed_suffix,$(SEED)) MODEL=$* \
 		OVERLAYS="$(DEMO_OVERLAYS)" DATA=$(DEMO_DATA) REUSE=$(REUSE_ABLATIONS) REUSE_STAGES="vae evaluator" SEED=$(SEED)
-	$(LLAMO) eval run $(RUNS)/ablate-model-$*$(call seed_suffix,$(SEED)) --data $(DEMO_DATA) \
-		--out $(RUNS)/ablate-model-$*$(call seed_suffix,$(SEED))/results.json $(DEMO_EVAL_ARGS)
+	$(call demo_evaluate,$(RUNS)/ablate-model-$*$(call seed_suffix,$(SEED)),$(DEMO_DATA),\
+		--out $(RUNS)/ablate-model-$*$(call seed_suffix,$(SEED))/results.json $(DEMO_EVAL_ARGS))
 
 # an ablation whose given VAE folder is absent (the TAE's weights are not shipped) is left out of `make ablations`,
 # with a note; `make ablate-<name>` alone fails with the conversion command instead

@@ -127,6 +127,17 @@ def test_make_demo_smoke_writes_every_table(tmp_path: Path) -> None:
     gif = run / tables["samples"]["rows"][0]["file"]
     assert gif.is_file() and gif.read_bytes()[:3] == b"GIF"
     assert "Wall time:" in report and "## Checks" in report
+    # the generation setting was chosen on the validation split by the demo's sweep and used by `eval run`
+    record = json.loads((run / "generation.json").read_text())
+    assert record["split"] == "val" and record["chosen"]["cfg"] == "prompt"
+    assert record["chosen"]["guidance_scale"] in (1.0, 2.0) and record["chosen"]["steps"] == 4
+    generation = results["generation"]
+    assert (generation["guidance_scale"], generation["cfg"], generation["steps"]) == (
+        record["chosen"]["guidance_scale"],
+        "prompt",
+        4,
+    )
+    assert "llamo eval sweep" in generation["source"] and (run / "sweep.png").is_file()
 
     # trainer.max_steps 0 (the stage-skipping ablations) hands the previous stage's weights on unchanged
     _make(
