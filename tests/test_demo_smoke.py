@@ -129,13 +129,16 @@ def test_make_demo_smoke_writes_every_table(tmp_path: Path) -> None:
     assert "Wall time:" in report and "## Checks" in report
     # the generation setting was chosen on the validation split by the demo's sweep and used by `eval run`
     record = json.loads((run / "generation.json").read_text())
-    assert record["split"] == "val" and record["chosen"]["cfg"] == "prompt"
-    assert record["chosen"]["guidance_scale"] in (1.0, 2.0) and record["chosen"]["steps"] == 4
+    chosen = record["chosen"]
+    assert record["split"] == "val" and chosen["steps"] == 4
+    # the grid is scales 1, 2 with the prompt source; scale 1 (no guidance) is run and recorded as `null`
+    assert (chosen["guidance_scale"], chosen["cfg"]) in ((1.0, "null"), (2.0, "prompt"))
+    assert [(r["guidance_scale"], r["cfg"]) for r in record["rows"]] == [(1.0, "null"), (2.0, "prompt")]
     generation = results["generation"]
     assert (generation["guidance_scale"], generation["cfg"], generation["steps"]) == (
-        record["chosen"]["guidance_scale"],
-        "prompt",
-        4,
+        chosen["guidance_scale"],
+        chosen["cfg"],
+        chosen["steps"],
     )
     assert "llamo eval sweep" in generation["source"] and (run / "sweep.png").is_file()
 

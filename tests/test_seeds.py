@@ -36,10 +36,12 @@ class _Unlinked(_ParseOnlyCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         from callbacks.handoff import StageHandoff
+        from callbacks.llamo_previews import GenerationPreviews
         from callbacks.progress import LogProgress
 
         parser.add_lightning_class_args(StageHandoff, "handoff")
         parser.add_lightning_class_args(LogProgress, "progress")
+        parser.add_lightning_class_args(GenerationPreviews, "previews")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self.config = parser.parse_args(args)
