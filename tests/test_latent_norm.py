@@ -54,6 +54,10 @@ def test_standardiser_fits_inverts_and_refuses_unfitted() -> None:
     torch.testing.assert_close(norm.mean.double(), rows.mean(0), rtol=0, atol=1e-6)
     torch.testing.assert_close(norm.std.double(), rows.std(0, correction=0), rtol=1e-6, atol=1e-7)
     assert int(norm.count) == 16
+    chunked = LatentStandardizer(4)
+    chunked.fit(clips, chunk_clips=2)  # two chunks (14 and 2 rows) merged
+    torch.testing.assert_close(chunked.mean, norm.mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(chunked.std, norm.std, rtol=1e-6, atol=1e-7)
     z = norm.normalise(torch.cat(clips))
     torch.testing.assert_close(z.mean(0), torch.zeros(4), rtol=0, atol=1e-5)
     torch.testing.assert_close(z.std(0, correction=0), torch.ones(4), rtol=0, atol=1e-5)

@@ -118,17 +118,31 @@ class LatentStandardizer(nn.Module):
         return int(self.count) > 0
 
     @torch.no_grad()
-    def fit(self, latents: Sequence[Tensor]) -> None:
-        """Set mean/std from clips of latents, each ``(N_i, latent_dim)`` (float64 accumulation)."""
-        rows = [z.reshape(-1, z.shape[-1]) for z in latents if z.numel()]
-        if not rows:
+    def fit(self, latents: Sequence[Tensor], chunk_clips: int = 4096) -> None:
+        """Set mean/std from clips of latents, each ``(N_i, latent_dim)``.
+
+        Accumulated in float64 over chunks of ``chunk_clips`` clips (Chan et al.'s pairwise merge of mean and
+        squared deviations), so a corpus of millions of clips never needs a float64 copy of all its latents."""
+        width = self.mean.shape[0]
+        count, mean, m2 = 0, torch.zeros(width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64)
+        for start in range(0, len(latents), chunk_clips):
+            rows = [z.reshape(-1, z.shape[-1]) for z in latents[start : start + chunk_clips] if z.numel()]
+            if not rows:
+                continue
+            z = torch.cat(rows).double()  # (M_chunk, latent_dim)
+            if z.shape[-1] != width:
+                raise ValueError(f"latents have width {z.shape[-1]}, the standardiser {width}")
+            n, chunk_mean = z.shape[0], z.mean(0)
+            delta = chunk_mean - mean
+            total = count + n
+            m2 += (z - chunk_mean).pow(2).sum(0) + delta.pow(2) * (count * n / total)
+            mean += delta * (n / total)
+            count = total
+        if count == 0:
             raise ValueError("LatentStandardizer.fit got no latents (the training split is empty)")
-        z = torch.cat(rows).double()  # (M, latent_dim)
-        if z.shape[-1] != self.mean.shape[0]:
-            raise ValueError(f"latents have width {z.shape[-1]}, the standardiser {self.mean.shape[0]}")
-        self.mean.copy_(z.mean(0).to(self.mean.dtype))
-        self.std.copy_(z.std(0, correction=0).clamp_min(self.eps).to(self.std.dtype))
-        self.count.fill_(z.shape[0])
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.std.copy_((m2 / count).sqrt().clamp_min(self.eps).to(self.std.dtype))
+        self.count.fill_(count)
 
     def _check(self) -> None:
         if not self.fitted:

@@ -12,6 +12,7 @@ conversion or wrapping) and again in ``configure_optimizers`` on the dtypes the 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -162,8 +163,8 @@ class LLaMoStage(StageModule):
         return cfg
 
     def core_config_defaults(self) -> dict[str, Any]:
-        # fields added after the first releases: an older handoff is read as holding their defaults
-        return {name: LLaMoConfig.__dataclass_fields__[name].default for name in ("system_prompt", "latent_norm")}
+        # a handoff written before a field existed reads as holding its default, as `LLaMoConfig.from_dict` reads it
+        return {f.name: f.default for f in dataclasses.fields(LLaMoConfig) if f.default is not dataclasses.MISSING}
 
     def handoff_excluded_prefixes(self) -> list[str]:
         return self.core.frozen_prefixes()
