@@ -242,13 +242,18 @@ ablate-model-%: install ## Model-size ablation: the demo pipeline on experiments
 
 # an ablation whose given VAE folder is absent (the TAE's weights are not shipped) is left out of `make ablations`,
 # with a note; `make ablate-<name>` alone fails with the conversion command instead
-ABLATIONS_READY := $(foreach n,$(ABLATION_NAMES),$(if $(ablation_vae_$(n)),$(if $(wildcard $(ablation_vae_$(n))/handoff.safetensors),$(n)),$(n)))
+# ABLATIONS: the rows `make ablations` runs (default every folder), e.g. ABLATIONS="latent16 latent64"
+ABLATIONS ?= $(ABLATION_NAMES)
+$(foreach n,$(ABLATIONS),$(if $(filter $(n),$(ABLATION_NAMES)),,$(error ABLATIONS names '$(n)', which is not a folder \
+of experiments/ablations/; choose from: $(ABLATION_NAMES))))
+ABLATIONS_READY := $(foreach n,$(ABLATIONS),$(if $(ablation_vae_$(n)),$(if $(wildcard $(ablation_vae_$(n))/handoff.safetensors),$(n)),$(n)))
 # every (ablation, seed) pair `make ablations` runs, as <name>:<seed>
 ablation_runs := $(foreach n,$(ABLATIONS_READY),$(foreach k,$(call ablation_seeds,$(n)),$(n):$(k)))
 # reference seeds beyond seed 0 (which is `make demo` itself): the full demo for the seeds every row uses, its VAE
-# alone for the extra seeds of the VAE-only rows
-ref_seeds_full := $(filter-out 0,$(call seeds_upto,$(SEEDS)))
-ref_seeds_vae := $(if $(foreach n,$(ABLATIONS_READY),$(call vae_only,$(n))),$(filter-out $(call seeds_upto,$(SEEDS)),$(call seeds_upto,$(max_seeds))))
+# alone for the extra seeds of the VAE-only rows (all of them when every chosen row is VAE-only)
+full_rows := $(strip $(foreach n,$(ABLATIONS_READY),$(if $(call vae_only,$(n)),,$(n))))
+ref_seeds_full := $(if $(full_rows),$(filter-out 0,$(call seeds_upto,$(SEEDS))))
+ref_seeds_vae := $(if $(foreach n,$(ABLATIONS_READY),$(call vae_only,$(n))),$(filter-out 0 $(ref_seeds_full),$(call seeds_upto,$(max_seeds))))
 ablations: install ## Every ablation (SEEDS=S training seeds each, VAE-only rows >= VAE_SEEDS), then runs/ablations/report.md (run `make demo` first)
 	@for k in $(ref_seeds_full); do ref=$(RUNS)/$(DEMO_BASE)-seed$$k; \
 		if [ -f $$ref/results.json ] && [ -f $$ref/stage3/handoff.safetensors ]; then echo "ablations: reference seed $$k: $$ref exists, kept"; \
@@ -257,7 +262,7 @@ ablations: install ## Every ablation (SEEDS=S training seeds each, VAE-only rows
 		if [ -f $$ref/results.json ] && [ -f $$ref/vae/handoff.safetensors ]; then echo "ablations: reference VAE seed $$k: $$ref exists, kept"; \
 		else $(MAKE) --no-print-directory demo-vae SEED=$$k || exit 1; fi; done
 	@for r in $(ablation_runs); do $(MAKE) --no-print-directory ablate-$${r%:*} SEED=$${r#*:} || exit 1; done
-	@for n in $(filter-out $(ABLATIONS_READY),$(ABLATION_NAMES)); do \
+	@for n in $(filter-out $(ABLATIONS_READY),$(ABLATIONS)); do \
 		echo "ablations: left out $$n: its VAE folder MS_TAE=$(MS_TAE) does not exist (README: Ablations)"; done
 	$(LLAMO) eval ablations $(RUNS) --reference $(DEMO_BASE)
 

@@ -134,6 +134,28 @@ def test_make_ablations_trains_every_row_per_seed_in_its_own_folder(tmp_path: Pa
     assert out.rstrip().splitlines()[-1] == f"FIT eval ablations {tmp_path} --reference demo"
 
 
+def test_make_ablations_runs_only_the_chosen_rows(tmp_path: Path) -> None:
+    out = _make("ablations", "SEEDS=2", "ABLATIONS=latent16", f"RUNS={tmp_path}", "LLAMO=echo FIT")
+    fits = set(_fits(out))
+    assert {n for n, _, _ in fits if n.startswith("ablate-")} == {
+        "ablate-latent16",
+        "ablate-latent16-seed1",
+        "ablate-latent16-seed2",
+    }
+    # only VAE-only rows: the reference needs its VAE per seed, not a whole demo
+    assert {(n, st) for n, st, _ in fits if n.startswith("demo")} == {("demo-seed1", "vae"), ("demo-seed2", "vae")}
+
+
+def test_make_ablations_refuses_an_unknown_row() -> None:
+    import subprocess
+
+    done = subprocess.run(
+        ["make", "-s", *NO_INSTALL, "help", "ABLATIONS=latent16 no_such_row"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "ABLATIONS names 'no_such_row'" in done.stderr and "latent64" in done.stderr
+
+
 def test_default_seed_runs_the_commands_of_today(tmp_path: Path) -> None:
     out = _make("ablate-no_mot", f"RUNS={tmp_path}", "LLAMO=echo FIT")
     assert {(n, s) for n, _, s in _fits(out)} == {("ablate-no_mot", "0")}
