@@ -81,6 +81,19 @@ def test_choice_rule_ties_go_to_fewer_steps_then_null_then_lower_scale() -> None
     assert _pick([_row(2.0, "null", 50, 0.1, 0.41), _row(2.0, "null", 5, 0.1, 0.40)]) == (2.0, "null", 50)
 
 
+def test_choice_at_the_grids_largest_scale_says_the_grid_may_be_too_narrow() -> None:
+    rising = [
+        _row(1.0, "null", 25, 0.10, 0.20),
+        _row(3.0, "prompt", 25, 0.12, 0.30),
+        _row(5.0, "prompt", 25, 0.15, 0.35),
+    ]
+    _, why = choose_setting(rising)
+    assert why.endswith("scale 5 is the grid's largest, so a wider grid (--scales) may score higher")
+    peaked = [*rising[:2], _row(5.0, "prompt", 25, 0.15, 0.25)]
+    assert "grid's largest" not in choose_setting(peaked)[1]
+    assert "grid's largest" not in choose_setting([_row(1.0, "null", 25, 0.1, 0.3)])[1]  # no guidance is no edge
+
+
 def test_choice_rule_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="at least one"):
         choose_setting([])
@@ -111,8 +124,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     synthesize(data, clips=60, seed=3, progress=False)
     run, _, _ = write_tiny_run(root, Normalizer.load(data / "mean_std"))
     evaluator = TextMotionEvaluator(
-        EvaluatorConfig(latent_dim=32, ff_size=64, num_layers=1, num_heads=2, text_num_layers=1,
-                        text_encoder="scratch", vocab_size=128)  # fmt: skip
+        EvaluatorConfig(
+            latent_dim=32,
+            ff_size=64,
+            num_layers=1,
+            num_heads=2,
+            text_num_layers=1,
+            text_encoder="scratch",
+            vocab_size=128,
+        )  # fmt: skip
     ).eval()
     save_stage_output(run / "evaluator", evaluator, asdict(evaluator.config), kind="TextMotionEvaluator")
     Normalizer.load(data / "mean_std").save(run / "evaluator")

@@ -185,6 +185,10 @@ def choose_setting(rows: Sequence[Mapping[str, Any]], fid_factor: float = 2.0) -
         f"null over prompt, lower scale) picks scale {float(chosen['guidance_scale']):g}, {chosen['cfg']}, "
         f"{int(chosen['steps'])} steps (R@3 {float(chosen['R@3']):.3f}, FID {float(chosen['FID']):.4f})"
     )
+    largest = max(float(r["guidance_scale"]) for r in rows)
+    if float(chosen["guidance_scale"]) == largest > 1.0:
+        # the optimum may lie beyond the grid: say so rather than let the edge pass for a maximum
+        why += f"; scale {largest:g} is the grid's largest, so a wider grid (--scales) may score higher"
     return chosen, why
 
 
