@@ -241,7 +241,7 @@ def test_table3_notes_state_the_setting_and_why(tiny_run: dict[str, Path]) -> No
     _record(run_dir, steps=2, scale=2.0, cfg="null")
     recorded = notes(load_run(run_dir))
     assert "Generation setting: 2 Euler steps, guidance scale 2, unconditional source 'null'" in recorded
-    assert "recorded by `llamo eval sweep` on the 'val' split" in recorded
+    assert "unconditional source 'null' — recorded by `llamo eval sweep` on the 'val' split" in recorded
     flagged = notes(load_run(run_dir).with_generation(steps=5, flags="--steps/--guidance_scale/--cfg"))
     assert "Generation setting: 5 Euler steps, guidance scale 2" in flagged and "explicit --steps" in flagged
 

@@ -158,7 +158,7 @@ def t2m_section(
         + (f", a seeded subset of {items.available}" if n < items.available else "")
         + "); one generation per item from one of its captions (seeded choice).",
         f"Generation length: {mode} (`--length {settings.length}`); stop reasons: {reasons}.",
-        f"Generation setting: {setting.describe()}; from {setting.source}.",
+        f"Generation setting: {setting.describe()} — {setting.source}.",
         f"Evaluator embeddings of the run's evaluator; `metrics.generation.t2m_metrics` repeated {settings.repeats} "
         f"times (mean ± 95 % interval), R-precision groups of {group}"
         + (
