@@ -101,6 +101,13 @@ stage_configs = experiments/base.yaml \
 	$(wildcard experiments/ablations/$(ABLATION)/$(dir_$(1)).yaml) \
 	$(if $(call llamo_stage,$(1)),$(CONFIGS))
 stage_data_args = $(if $(call llamo_stage,$(1)),--data.init_args.vae_dir=$(RUNS)/$(EXP)/vae)
+# the run's own evaluator scores the LLaMo stages' previews (val/preview_r3, val/preview_fid) once its handoff exists;
+# PREVIEW_EVALUATOR=<folder> names another (always passed: a wrong folder is the callback's error), PREVIEW_EVALUATOR=
+# none. The demo overlays leave it off: the demo's budget has no room for the generations
+PREVIEW_EVALUATOR ?= $(if $(filter experiments/demo%,$(OVERLAYS)),,$(RUNS)/$(EXP)/evaluator)
+preview_args = $(if $(and $(call llamo_stage,$(1)),$(PREVIEW_EVALUATOR)),$(if $(filter file,$(origin PREVIEW_EVALUATOR)),\
+	$$(test -f $(PREVIEW_EVALUATOR)/handoff.safetensors && echo --previews.evaluator=$(PREVIEW_EVALUATOR)),\
+	--previews.evaluator=$(PREVIEW_EVALUATOR)))
 # stages `make pipeline` runs, in order
 PIPELINE_STAGES ?= $(STAGES)
 # Reuse: with REUSE=<finished run folder>, a stage in REUSE_STAGES that neither ABLATION's overlays nor those of
@@ -188,7 +195,7 @@ stage-%: install ## Run one stage: make stage-{vae,evaluator,1,2,3} EXP=name MOD
 	if [ -L $(RUNS)/$(EXP)/$(dir_$*) ]; then rm $(RUNS)/$(EXP)/$(dir_$*); fi; \
 	set -x; $(LLAMO) fit $(addprefix --config ,$(call stage_configs,$*)) \
 		--trainer.logger.init_args.save_dir=$(RUNS) --trainer.logger.init_args.name=$(EXP) \
-		--trainer.logger.init_args.version=$(dir_$*) --data.init_args.root=$(DATA) $(call stage_data_args,$*) \
+		--trainer.logger.init_args.version=$(dir_$*) --data.init_args.root=$(DATA) $(call stage_data_args,$*) $(call preview_args,$*) \
 		--seed_everything=$(SEED) \
 		$(if $(prev_$*),--handoff.load_from=$(RUNS)/$(EXP)/$(prev_$*)) --handoff.save_to=$(RUNS)/$(EXP)/$(dir_$*) $(ARGS)
 

@@ -110,3 +110,20 @@ def test_summary_row_counts_only_trained_stages(tmp_path: Path) -> None:
     tables = {k: {"skipped": "x", "rows": []} for k in ("reconstruction", "t2m", "m2t", "language", "samples")}
     row = summary_row({"run": str(run), "tables": tables, "training": training, "seconds": 1.0})
     assert row["train s"] == 10.0 and row["reused"] == ["vae"]
+
+
+def test_llamo_stages_preview_with_the_runs_evaluator_once_it_exists(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    common = [f"RUNS={runs}", "EXP=mine", "LLAMO=echo FIT"]
+    flag = f"--previews.evaluator={runs}/mine/evaluator"
+    assert flag not in _make("stage-2", *common)  # no evaluator trained yet: no R@3 previews
+    (runs / "mine" / "evaluator").mkdir(parents=True)
+    (runs / "mine" / "evaluator" / "handoff.safetensors").write_bytes(b"")
+    assert flag in _make("stage-2", *common)
+    assert "--previews.evaluator" not in _make("stage-evaluator", *common)  # only the LLaMo stages preview
+    assert "--previews.evaluator" not in _make("stage-2", *common, "PREVIEW_EVALUATOR=")
+    # the demo's budget leaves it off; an explicit folder still wins
+    assert "--previews.evaluator" not in _make("stage-2", *common, "OVERLAYS=experiments/demo")
+    # (even one without a handoff: the callback then names the bad folder instead of R@3 silently going missing)
+    out = _make("stage-2", *common, "OVERLAYS=experiments/demo", f"PREVIEW_EVALUATOR={tmp_path}/ms")
+    assert f"--previews.evaluator={tmp_path}/ms" in out
