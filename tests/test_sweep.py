@@ -124,15 +124,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     synthesize(data, clips=60, seed=3, progress=False)
     run, _, _ = write_tiny_run(root, Normalizer.load(data / "mean_std"))
     evaluator = TextMotionEvaluator(
-        EvaluatorConfig(
-            latent_dim=32,
-            ff_size=64,
-            num_layers=1,
-            num_heads=2,
-            text_num_layers=1,
-            text_encoder="scratch",
-            vocab_size=128,
-        )  # fmt: skip
+        EvaluatorConfig(latent_dim=32, ff_size=64, num_layers=1, num_heads=2, text_num_layers=1,
+                        text_encoder="scratch", vocab_size=128)  # fmt: skip
     ).eval()
     save_stage_output(run / "evaluator", evaluator, asdict(evaluator.config), kind="TextMotionEvaluator")
     Normalizer.load(data / "mean_std").save(run / "evaluator")
