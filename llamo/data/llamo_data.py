@@ -3,10 +3,10 @@
 Every clip is encoded once by the frozen VAE (:mod:`llamo.data.latents`, cached on disk per VAE checkpoint).
 Training reads an endless stream of sample *positions*: position ``q`` is clip ``perm_p[q mod N]`` of the
 ``p = q div N``-th shuffled pass, and its task (text-to-motion with probability ``t2m_ratio``, else
-motion-to-text), caption and crop are drawn from a hash of ``(seed, q)``. The sampler reads where the stream
-stands from the trainer's optimiser step whenever an iterator is created (:mod:`llamo.data.stream`), so a batch
-mixes tasks by the stage's ratio and a run resumed at any step, mid-epoch included, sees exactly the samples an
-uninterrupted one would, whatever Lightning's epoch bookkeeping.
+motion-to-text), caption, crop and caption dropout are drawn from a hash of ``(seed, q)``. The sampler reads
+where the stream stands from the trainer's optimiser step whenever an iterator is created
+(:mod:`llamo.data.stream`), so a batch mixes tasks by the stage's ratio and a run resumed at any step, mid-epoch
+included, sees exactly the samples an uninterrupted one would, whatever Lightning's epoch bookkeeping.
 """
 
 from __future__ import annotations
@@ -37,13 +37,20 @@ class MotionTextDataset(Dataset[FormattedSample]):
         max_latents: int,
         seed: int = 0,
         shuffle: bool = True,
+        caption_dropout: float = 0.0,
     ) -> None:
         if not 0.0 <= t2m_ratio <= 1.0:
             raise ValueError(f"t2m_ratio must be in [0, 1], got {t2m_ratio}")
+        if not 0.0 <= caption_dropout < 1.0:
+            raise ValueError(
+                f"caption_dropout must be in [0, 1) (the share of text-to-motion samples whose caption is "
+                f"emptied), got {caption_dropout}; 0 turns it off"
+            )
         if len(latents) == 0:
             raise ValueError("no clips to train on (the split is empty or every clip was filtered out)")
         self.latents, self.formatter = latents, formatter
         self.t2m_ratio, self.max_latents, self.seed, self.shuffle = t2m_ratio, max_latents, seed, shuffle
+        self.caption_dropout = caption_dropout
         self._order = StreamOrder(len(latents), seed, shuffle)
 
     def __len__(self) -> int:
@@ -57,6 +64,10 @@ class MotionTextDataset(Dataset[FormattedSample]):
         """``"t2m"`` or ``"m2t"`` for the sample at this stream position."""
         return "t2m" if _uniform(self.seed, position, "task") < self.t2m_ratio else "m2t"
 
+    def caption_dropped(self, position: int) -> bool:
+        """Whether the text-to-motion sample at this position is trained with an empty caption."""
+        return self.task(position) == "t2m" and _uniform(self.seed, position, "caption_dropout") < self.caption_dropout
+
     def __getitem__(self, position: int) -> FormattedSample:
         index = self.clip(position)
         z = self.latents.latents[index]
@@ -66,7 +77,8 @@ class MotionTextDataset(Dataset[FormattedSample]):
         captions = self.latents.captions[index]
         caption = captions[int(_uniform(self.seed, position, "caption") * len(captions))]
         if self.task(position) == "t2m":
-            return self.formatter.text_to_motion(caption, z)
+            # the empty caption is exactly the unconditional row of `cfg="prompt"` guidance (`t2m_prompt_ids`)
+            return self.formatter.text_to_motion("" if self.caption_dropped(position) else caption, z)
         return self.formatter.motion_to_text(z, caption)
 
 
@@ -86,6 +98,10 @@ class LLaMoDataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         cache_dir: Where latents are cached (default: ``<vae_dir>/latent_cache``).
         seed: Seed of the task/caption/crop draws and of the shuffling.
+        caption_dropout: Share of the training split's text-to-motion samples whose caption is emptied, so that
+            the LLM learns the caption-free motion distribution that ``cfg="prompt"`` guidance subtracts (its
+            unconditional rows are the same template with an empty caption). 0 (the paper's recipe): never;
+            validation never drops captions.
     """
 
     def __init__(
@@ -102,6 +118,7 @@ class LLaMoDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         seed: int = 0,
+        caption_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -138,7 +155,12 @@ class LLaMoDataModule(L.LightningDataModule):
             check_vae_latent_dim(h.vae_dir, self.formatter.latent_dim)
         if self.train_set is None:
             self.train_set = MotionTextDataset(
-                self._latents("train"), self.formatter, h.t2m_ratio, h.max_latents, h.seed
+                self._latents("train"),
+                self.formatter,
+                h.t2m_ratio,
+                h.max_latents,
+                h.seed,
+                caption_dropout=h.caption_dropout,
             )
         if h.val_split and self.val_set is None:
             self.val_set = MotionTextDataset(

@@ -21,13 +21,15 @@ state lives in a decode path with one interface (``exit_logits``, ``keep``, ``sa
 
 Classifier-free guidance (``guidance_scale != 1``), two sources of the unconditional velocity:
 
-- ``cfg="null"`` (default): the flow head's learned null condition. This is what training teaches: the head
-  replaces a token's condition by ``null_cond`` with probability ``cond_dropout`` (MAR / MotionGPT3 pattern), while
-  the LLM never sees caption dropout. It costs no extra LLM rows, only the head's batch doubles.
+- ``cfg="null"`` (default): the flow head's learned null condition. This is what the paper's recipe teaches: the
+  head replaces a token's condition by ``null_cond`` with probability ``cond_dropout`` (MAR / MotionGPT3 pattern).
+  It costs no extra LLM rows, only the head's batch doubles.
 - ``cfg="prompt"``: the same template with an empty caption is batched as extra LLM rows (MAR / NextStep-1
   pattern: same cache, one call, the sampled latent is appended to both rows), and its projected hidden state
-  is the unconditional condition. It doubles the LLM cost and its hidden states are out of the training
-  distribution, so it is an option for experiments, not the default.
+  is the unconditional condition. It doubles the LLM cost. Its hidden states are in the training distribution
+  only when the stages trained with caption dropout (``data.init_args.caption_dropout`` > 0, which empties the
+  caption of that share of text-to-motion samples, as the demo recipe does); the paper's recipe never empties a
+  caption.
 Both share one noise sample between the conditional and unconditional rows; the exit head reads only the
 conditional rows (SLED-TTS).
 """
