@@ -28,8 +28,8 @@ Classifier-free guidance (``guidance_scale != 1``), two sources of the unconditi
   pattern: same cache, one call, the sampled latent is appended to both rows), and its projected hidden state
   is the unconditional condition. It doubles the LLM cost. Its hidden states are in the training distribution
   only when the stages trained with caption dropout (``data.init_args.caption_dropout`` > 0, which empties the
-  caption of that share of text-to-motion samples, as the demo recipe does); the paper's recipe never empties a
-  caption.
+  caption of that share of text-to-motion samples); the paper's recipe and the demo's never empty a caption, yet
+  this source is the one the demo's validation sweep picks (README "The generation setting").
 Both share one noise sample between the conditional and unconditional rows; the exit head reads only the
 conditional rows (SLED-TTS).
 """
