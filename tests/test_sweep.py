@@ -110,6 +110,8 @@ def test_grid_runs_scale_one_once_and_settings_refuse_the_test_split() -> None:
         SweepSettings(split="test")
     with pytest.raises(ValueError, match="--sources"):
         SweepSettings(sources=["empty"])
+    with pytest.raises(ValueError, match="quote the source names"):
+        SweepSettings(sources=[None, "prompt"])
     with pytest.raises(ValueError, match="--steps"):
         SweepSettings(steps=[0])
 
@@ -270,6 +272,9 @@ def test_sweep_command_end_to_end(tiny_run: dict[str, Path], capsys: pytest.Capt
     data = str(tiny_run["data"])
     assert llamo_main(["eval", "sweep", str(run_dir), "--data", data, "--split", "test"]) == 2
     assert "--split test is refused" in capsys.readouterr().err
+    # the natural spelling of the README's list, unquoted: YAML reads null as nothing
+    assert llamo_main(["eval", "sweep", str(run_dir), "--data", data, "--sources", "[null,prompt]"]) == 2
+    assert "quote the source names" in capsys.readouterr().err
     assert not (run_dir / GENERATION_FILE).exists()
 
     grid = ["--scales", "[1, 2]", "--sources", "[\"null\"]", "--steps", "[2]", "--gen_seeds", "1", "--repeats", "2",

@@ -1,7 +1,7 @@
 """``llamo eval sweep``: choose a run's generation setting (guidance scale, unconditional source, Euler steps) by
 measurement on the validation split, and record it in the run (``RUN/generation.json``).
 
-    llamo eval sweep runs/demo --data data/synth [--scales [1,1.5,2,3,4]] [--sources [null,prompt]]
+    llamo eval sweep runs/demo --data data/synth [--scales [1,1.5,2,3,4]] [--sources '["null","prompt"]']
         [--steps [5,10,25,50]] [--gen_seeds 2] [--items N] [--fid_factor 2.0] [--no_record]
 
 For every setting of the grid the validation items (the Table-3 protocol: ``min_frames <= T <= max_frames``, one
@@ -78,8 +78,10 @@ class SweepSettings:
     """Corpus split the setting is chosen on; ``test`` is refused (the choice must not see the test split)."""
     scales: list[float] = field(default_factory=lambda: [1.0, 1.5, 2.0, 3.0, 4.0])
     """Guidance scales of the grid (1 = no guidance)."""
-    sources: list[str] = field(default_factory=lambda: ["null", "prompt"])
-    """Unconditional sources of the grid: null (learned null condition), prompt (empty-caption rows)."""
+    # `str | None`: YAML reads an unquoted `[null,prompt]` as [None, "prompt"]; __post_init__ says to quote it
+    sources: list[str | None] = field(default_factory=lambda: ["null", "prompt"])
+    """Unconditional sources of the grid: null (learned null condition), prompt (empty-caption rows); quote
+    null in the list: '["null","prompt"]'."""
     steps: list[int] = field(default_factory=lambda: [5, 10, 25, 50])
     """Euler step counts of the grid."""
     gen_seeds: int = 2
@@ -112,6 +114,11 @@ class SweepSettings:
             )
         if not self.scales or any(not math.isfinite(s) or s < 0 for s in self.scales):
             raise ValueError(f"--scales must be a non-empty list of finite numbers >= 0, got {self.scales}")
+        if None in self.sources:
+            raise ValueError(
+                f"--sources got {self.sources}: YAML reads an unquoted null as nothing; quote the source names, "
+                "e.g. --sources '[\"null\",\"prompt\"]'"
+            )
         if not self.sources or any(s not in CFG_SOURCES for s in self.sources):
             raise ValueError(f"--sources must be a non-empty list of {list(CFG_SOURCES)}, got {self.sources}")
         if not self.steps or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.steps):
