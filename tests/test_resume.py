@@ -75,8 +75,10 @@ def test_llamo_stage_resumed_after_sigkill_mid_epoch_equals_uninterrupted(tmp_pa
 
     def args(out: str, *extra: str) -> list[str]:
         # caption dropout on: its draws, too, must follow the stream position across the kill (at data seed 0 and
-        # batch 4 it empties the captions of positions 9, 17 and 29: the last one after the kill at step 6)
-        return stage_args(ws, 1, out, "--data.init_args.caption_dropout=0.25", *extra, steps=steps)
+        # batch 4 it empties the captions of positions 9, 17 and 29). Length grouping on, in windows of 4 steps:
+        # the kill at step 6 is mid-window (steps 4-7 read positions 16-31 sorted by length; step 7 reads 29)
+        grouping = ("--data.init_args.caption_dropout=0.25", "--data.init_args.length_window=4")
+        return stage_args(ws, 1, out, *grouping, *extra, steps=steps)
 
     full = cli_main(args("full", "--config", str(_overlay(tmp_path / "ckpt.yaml"))))
     assert isinstance(full.trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # the default from base.yaml

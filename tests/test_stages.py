@@ -139,3 +139,20 @@ def test_stage_base_class_alone_is_a_clear_error(workspace: dict[str, Path]) -> 
     args[at - 1 : at + 1] = ["--data=llamo.data.llamo_data.LLaMoDataModule"]  # no stage file, only its data
     with pytest.raises(ValueError, match="compose a stage file"):
         cli_main(args)
+
+
+def test_fused_adamw_is_the_same_update(workspace: dict[str, Path]) -> None:
+    """``adamw_fused: true`` (the demo overlays) reaches the optimizer and takes the for-loop AdamW's steps."""
+    runs = {}
+    for fused in ("null", "true"):
+        args = _args(workspace, 2, f"fused-{fused}", f"--model.init_args.adamw_fused={fused}", steps=3)
+        cli = cli_main(args[1:], run=False)
+        start = {k: v.clone() for k, v in cli.model.core.state_dict().items()}
+        cli.trainer.fit(cli.model, cli.datamodule)
+        assert cli.trainer.optimizers[0].defaults["fused"] is (True if fused == "true" else None)
+        runs[fused] = cli.model.core.state_dict()
+    twins = [k for k in runs["null"] if k.startswith("mot.motion_layers.")]
+    # the three steps moved the motion twins, so the comparison below compares updates
+    assert any(not torch.equal(runs["null"][k], start[k]) for k in twins)
+    for key, value in runs["null"].items():
+        torch.testing.assert_close(runs["true"][key], value, rtol=1e-5, atol=1e-6, msg=key)

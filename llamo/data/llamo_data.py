@@ -22,7 +22,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from llamo.core.format import FormattedSample, MotionTextBatch, SequenceFormatter, collate_samples
 from llamo.data.latents import LatentSet, build_latents, check_vae_latent_dim
-from llamo.data.stream import StreamOrder, check_stream_layout, stream_layout, stream_loader, stream_start
+from llamo.data.stream import (
+    LengthGroupedOrder,
+    StreamOrder,
+    check_stream_layout,
+    step_positions,
+    stream_layout,
+    stream_loader,
+    stream_start,
+)
 from llamo.data.stream import uniform as _uniform
 
 
@@ -68,6 +76,10 @@ class MotionTextDataset(Dataset[FormattedSample]):
         """Whether the text-to-motion sample at this position is trained with an empty caption."""
         return self.task(position) == "t2m" and _uniform(self.seed, position, "caption_dropout") < self.caption_dropout
 
+    def length(self, position: int) -> int:
+        """Tokens of the sample at this stream position (what its row of a padded batch needs)."""
+        return int(self[position].input_ids.shape[0])
+
     def __getitem__(self, position: int) -> FormattedSample:
         index = self.clip(position)
         z = self.latents.latents[index]
@@ -102,6 +114,10 @@ class LLaMoDataModule(L.LightningDataModule):
             the LLM learns the caption-free motion distribution that ``cfg="prompt"`` guidance subtracts (its
             unconditional rows are the same template with an empty caption). 0 (the paper's recipe): never;
             validation never drops captions.
+        length_window: Optimiser steps whose samples are sorted by length together, so that each step's batch
+            holds samples of similar length and pads less (:class:`~llamo.data.stream.LengthGroupedOrder`; the same
+            samples, only their grouping into steps changes). 1 (the paper recipe): a step reads consecutive stream
+            positions. The demo uses 8: its batches of 4 pad 22 % of their tokens unsorted.
     """
 
     def __init__(
@@ -119,7 +135,13 @@ class LLaMoDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         seed: int = 0,
         caption_dropout: float = 0.0,
+        length_window: int = 1,
     ) -> None:
+        if length_window < 1:
+            raise ValueError(
+                f"data.init_args.length_window must be >= 1 (optimiser steps sorted by length together), got "
+                f"{length_window}; 1 turns length grouping off"
+            )
         super().__init__()
         self.save_hyperparameters()
         self.formatter: SequenceFormatter | None = None
@@ -173,11 +195,14 @@ class LLaMoDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """The stream layout (see :func:`~llamo.data.stream.stream_layout`); Lightning stores it in checkpoints."""
-        return {"stream": stream_layout(self.trainer, self.hparams.batch_size, self.hparams.seed)}
+        return {"stream": self._stream_layout()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        current = stream_layout(self.trainer, self.hparams.batch_size, self.hparams.seed)
-        check_stream_layout(state_dict.get("stream", {}), current, "LLaMoDataModule")
+        check_stream_layout(state_dict.get("stream", {}), self._stream_layout(), "LLaMoDataModule")
+
+    def _stream_layout(self) -> dict[str, int]:
+        h = self.hparams
+        return {**stream_layout(self.trainer, h.batch_size, h.seed), "length_window": h.length_window}
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None
@@ -187,8 +212,18 @@ class LLaMoDataModule(L.LightningDataModule):
             h.batch_size,
             lambda: stream_start(self.trainer, h.batch_size),
             f"split 'train' of {h.root} (expressive_only={h.expressive_only})",
+            grouping=self._grouping(),
             collate_fn=self._collate(),
             num_workers=h.num_workers,
+        )
+
+    def _grouping(self) -> LengthGroupedOrder | None:
+        h = self.hparams
+        if h.length_window == 1:
+            return None
+        assert self.train_set is not None
+        return LengthGroupedOrder(
+            h.length_window, lambda: step_positions(self.trainer, h.batch_size), self.train_set.length, h.seed
         )
 
     def val_dataloader(self) -> DataLoader | list:

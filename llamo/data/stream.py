@@ -79,17 +79,68 @@ class PositionStream(Dataset[T_co]):
 
 
 class StreamSampler(Sampler[int]):
-    """Yields ``size`` consecutive stream positions from ``start()``, read each time an iterator is created."""
+    """Yields ``size`` consecutive stream positions from ``start()``, read each time an iterator is created.
 
-    def __init__(self, size: int, start: Callable[[], int]) -> None:
-        self.size, self.start = size, start
+    With ``grouping`` the positions come in the order of a :class:`LengthGroupedOrder` (still a function of the
+    stream position alone, so resuming stays exact).
+    """
+
+    def __init__(self, size: int, start: Callable[[], int], grouping: LengthGroupedOrder | None = None) -> None:
+        self.size, self.start, self.grouping = size, start, grouping
 
     def __iter__(self) -> Iterator[int]:
         first = self.start()
-        return iter(range(first, first + self.size))
+        if self.grouping is None:
+            return iter(range(first, first + self.size))
+        return (self.grouping(k) for k in range(first, first + self.size))
 
     def __len__(self) -> int:
         return self.size
+
+
+class LengthGroupedOrder:
+    """Reorders the stream inside windows of ``window`` optimiser steps so that each step's samples have similar
+    lengths (the "mega-batch" of HF's ``group_by_length``): less padding, the same samples.
+
+    Window ``w`` holds the positions of steps ``w * window ... (w + 1) * window - 1`` (``step_positions()``
+    positions per step: batch x world size x accumulation, as in :func:`stream_start`). They are sorted by
+    ``length(position)`` and cut into ``window`` chunks of one step each; a seeded permutation of the window
+    decides which step gets which chunk, so long and short steps alternate instead of arriving in length order.
+    Every position of the window is read exactly once, by a step of that window: a run resumed at any step reads
+    what the uninterrupted run reads. ``window=1`` is the identity (a step's positions, unsorted order aside).
+    """
+
+    def __init__(
+        self, window: int, step_positions: Callable[[], int], length: Callable[[int], int], seed: int = 0
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"length grouping needs a window of at least 1 step, got {window}")
+        self.window, self.step_positions, self.length, self.seed = window, step_positions, length, seed
+        self._cache: tuple[tuple[int, int], list[int]] | None = None  # (window index, per step), the window's order
+
+    def __call__(self, position: int) -> int:
+        if position < 0:
+            raise IndexError(f"stream positions are >= 0, got {position}")
+        per_step = self.step_positions()
+        step, offset = divmod(position, per_step)
+        window, slot = divmod(step, self.window)
+        if self._cache is None or self._cache[0] != (window, per_step):
+            self._cache = ((window, per_step), self._window_order(window, per_step))
+        return self._cache[1][slot * per_step + offset]
+
+    def _window_order(self, window: int, per_step: int) -> list[int]:
+        first = window * self.window * per_step
+        by_length = sorted(range(first, first + self.window * per_step), key=lambda q: (self.length(q), q))
+        chunks = [by_length[i * per_step : (i + 1) * per_step] for i in range(self.window)]
+        g = torch.Generator().manual_seed(self.seed * 100_019 + window)
+        return [q for i in torch.randperm(self.window, generator=g).tolist() for q in chunks[i]]
+
+
+def step_positions(trainer: Any, batch_size: int) -> int:
+    """Stream positions one optimiser step consumes: ``batch_size`` per process and accumulated batch."""
+    if trainer is None:
+        return batch_size
+    return batch_size * int(trainer.world_size) * int(trainer.accumulate_grad_batches)
 
 
 def stream_start(trainer: Any, batch_size: int) -> int:
@@ -101,13 +152,21 @@ def stream_start(trainer: Any, batch_size: int) -> int:
     """
     if trainer is None:
         return 0
-    return int(trainer.global_step) * batch_size * int(trainer.world_size) * int(trainer.accumulate_grad_batches)
+    return int(trainer.global_step) * step_positions(trainer, batch_size)
 
 
-def stream_loader(dataset: Dataset, batch_size: int, start: Callable[[], int], what: str, **kwargs: Any) -> DataLoader:
+def stream_loader(
+    dataset: Dataset,
+    batch_size: int,
+    start: Callable[[], int],
+    what: str,
+    grouping: LengthGroupedOrder | None = None,
+    **kwargs: Any,
+) -> DataLoader:
     """Training DataLoader over a stream dataset: full batches only, so each step consumes exactly a batch.
 
-    ``what`` names the data (split and flag) in the error raised when one batch is more than the data holds.
+    ``what`` names the data (split and flag) in the error raised when one batch is more than the data holds;
+    ``grouping`` reorders the positions by length (:class:`LengthGroupedOrder`).
     """
     size = len(dataset)  # type: ignore[arg-type]
     if size < batch_size:
@@ -116,7 +175,7 @@ def stream_loader(dataset: Dataset, batch_size: int, start: Callable[[], int], w
             "reads a full batch (that keeps the data stream keyed by the step); lower the batch size or add data"
         )
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=StreamSampler(size, start), drop_last=True, shuffle=False, **kwargs
+        dataset, batch_size=batch_size, sampler=StreamSampler(size, start, grouping), drop_last=True, shuffle=False, **kwargs
     )
 
 

