@@ -95,3 +95,30 @@ def test_the_datamodule_batches_pad_less_with_the_same_samples() -> None:
     ids = lambda bs: sorted(tuple(r[m].tolist()) for x in bs for r, m in zip(x.input_ids, x.attention_mask.bool()))  # noqa: E731
     assert ids(a) == ids(b)  # the same 32 samples, grouped into other steps
     assert plain.state_dict()["stream"]["length_window"] == 1 and grouped.state_dict()["stream"]["length_window"] == 8
+
+
+def test_two_ranks_split_each_length_sorted_step() -> None:
+    """Under DDP Lightning wraps the sampler in a DistributedSamplerWrapper (rank r takes every 2nd position): the
+    two ranks' batches of a step together are that step's chunk, and each rank's batch is of similar lengths."""
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    world, batch, steps = 2, PER_STEP, 16
+
+    def rank_batches(grouping: LengthGroupedOrder | None) -> list[list[list[int]]]:
+        samplers = [StreamSampler(steps * batch * world, lambda: 0, grouping) for _ in range(world)]
+        wrapped = [DistributedSamplerWrapper(s, world, r, shuffle=False) for r, s in enumerate(samplers)]
+        ranks = [list(w) for w in wrapped]
+        return [[ranks[r][i * batch : (i + 1) * batch] for r in range(world)] for i in range(steps)]
+
+    def spread(part: list[int]) -> int:
+        return max(map(_length, part)) - min(map(_length, part))
+
+    plain = rank_batches(None)
+    grouped = rank_batches(LengthGroupedOrder(WINDOW, lambda: batch * world, _length, seed=4))
+    for step in range(steps):  # a step's two rank batches together are the step's chunk of the grouped stream
+        window = step // WINDOW
+        chunk = grouped[step][0] + grouped[step][1]
+        assert len(set(chunk)) == batch * world
+        assert all(window * WINDOW * batch * world <= q < (window + 1) * WINDOW * batch * world for q in chunk)
+    mean_spread = lambda steps_: sum(spread(p) for parts in steps_ for p in parts) / (steps * world)  # noqa: E731
+    assert mean_spread(grouped) < mean_spread(plain) / 3, (mean_spread(plain), mean_spread(grouped))
