@@ -97,6 +97,19 @@ def test_the_datamodule_batches_pad_less_with_the_same_samples() -> None:
     assert plain.state_dict()["stream"]["length_window"] == 1 and grouped.state_dict()["stream"]["length_window"] == 8
 
 
+def test_cached_lengths_are_the_formatted_lengths() -> None:
+    """`length` caches the text's tokens per (task, caption): every position, cropped or dropped, still matches."""
+    gen = torch.Generator().manual_seed(1)
+    clips = [torch.randn(2 + (i * 5) % 11, LATENT_DIM, generator=gen) for i in range(16)]
+    captions = [["a person walks", "a person jumps high"]] * 16
+    latents = LatentSet([f"c{i}" for i in range(16)], clips, captions, [True] * 16, LATENT_DIM)
+    formatter = SequenceFormatter(tiny_tokenizer(), 100, 101, LATENT_DIM)
+    data = MotionTextDataset(latents, formatter, t2m_ratio=0.5, max_latents=6, seed=0, caption_dropout=0.3)
+    positions = range(200)  # > 12 passes: most lengths come from the cache
+    assert any(data.caption_dropped(q) for q in positions) and any(len(clips[data.clip(q)]) > 6 for q in positions)
+    assert [data.length(q) for q in positions] == [data[q].input_ids.shape[0] for q in positions]
+
+
 def test_two_ranks_split_each_length_sorted_step() -> None:
     """Under DDP Lightning wraps the sampler in a DistributedSamplerWrapper (rank r takes every 2nd position): the
     two ranks' batches of a step together are that step's chunk, and each rank's batch is of similar lengths."""

@@ -60,6 +60,7 @@ class MotionTextDataset(Dataset[FormattedSample]):
         self.t2m_ratio, self.max_latents, self.seed, self.shuffle = t2m_ratio, max_latents, seed, shuffle
         self.caption_dropout = caption_dropout
         self._order = StreamOrder(len(latents), seed, shuffle)
+        self._text_tokens: dict[tuple[str, str], int] = {}  # see `length`
 
     def __len__(self) -> int:
         return len(self.latents)
@@ -77,10 +78,23 @@ class MotionTextDataset(Dataset[FormattedSample]):
         return self.task(position) == "t2m" and _uniform(self.seed, position, "caption_dropout") < self.caption_dropout
 
     def length(self, position: int) -> int:
-        """Tokens of the sample at this stream position (what its row of a padded batch needs)."""
-        return int(self[position].input_ids.shape[0])
+        """Tokens of the sample at this stream position (what its row of a padded batch needs).
+
+        A sample is its text (fixed by task and caption) plus one slot per motion latent, so the text's token count
+        is formatted once per (task, caption) and cached: length grouping asks for every position of a window.
+        """
+        z, task, caption = self._draw(position)
+        key = (task, caption)
+        if key not in self._text_tokens:
+            self._text_tokens[key] = int(self._format(z, task, caption).input_ids.shape[0]) - len(z)
+        return self._text_tokens[key] + len(z)
 
     def __getitem__(self, position: int) -> FormattedSample:
+        z, task, caption = self._draw(position)
+        return self._format(z, task, caption)
+
+    def _draw(self, position: int) -> tuple[torch.Tensor, str, str]:
+        """``(cropped latents, task, caption)`` at a stream position (the emptied caption if dropped)."""
         index = self.clip(position)
         z = self.latents.latents[index]
         if len(z) > self.max_latents:
@@ -88,9 +102,12 @@ class MotionTextDataset(Dataset[FormattedSample]):
             z = z[start : start + self.max_latents]
         captions = self.latents.captions[index]
         caption = captions[int(_uniform(self.seed, position, "caption") * len(captions))]
-        if self.task(position) == "t2m":
-            # the empty caption is exactly the unconditional row of `cfg="prompt"` guidance (`t2m_prompt_ids`)
-            return self.formatter.text_to_motion("" if self.caption_dropped(position) else caption, z)
+        # the empty caption is exactly the unconditional row of `cfg="prompt"` guidance (`t2m_prompt_ids`)
+        return z, self.task(position), "" if self.caption_dropped(position) else caption
+
+    def _format(self, z: torch.Tensor, task: str, caption: str) -> FormattedSample:
+        if task == "t2m":
+            return self.formatter.text_to_motion(caption, z)
         return self.formatter.motion_to_text(z, caption)
 
 
