@@ -24,14 +24,29 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return stage_workspace(tmp_path_factory.mktemp("dist"))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_two_process_stage2_hands_off_full_weights(workspace: dict[str, Path], strategy: str, dtype: str) -> None:
+#: the demo overlays' step-cost settings (fused AdamW, length-grouped steps dealt out to the ranks)
+DEMO_STEP_OPTIONS = ("--model.init_args.adamw_fused=true", "--data.init_args.length_window=2")
+
+
+@pytest.mark.parametrize(
+    ("strategy", "dtype", "options"),
+    [
+        ("ddp", "float32", ()),
+        ("ddp", "bfloat16", ()),
+        ("fsdp2", "float32", ()),
+        ("fsdp2", "bfloat16", ()),
+        ("fsdp2", "bfloat16", DEMO_STEP_OPTIONS),  # the fused kernel on DTensor shards, bf16 base
+    ],
+    ids=["ddp-float32", "ddp-bfloat16", "fsdp2-float32", "fsdp2-bfloat16", "fsdp2-bfloat16-demo-options"],
+)
+def test_two_process_stage2_hands_off_full_weights(
+    workspace: dict[str, Path], strategy: str, dtype: str, options: tuple[str, ...]
+) -> None:
     llm_dtype = f"--model.init_args.core.llm.dtype={dtype}"
-    out = f"{strategy}_{dtype}"
+    out = f"{strategy}_{dtype}{'_demo' if options else ''}"
     args = stage_args(
         workspace, 2, out, "--config", str(EXPERIMENTS / "strategies" / f"{strategy}.yaml"),
-        "--trainer.accelerator=cpu", "--trainer.devices=2", llm_dtype, steps=3,
+        "--trainer.accelerator=cpu", "--trainer.devices=2", llm_dtype, *options, steps=3,
     )  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     run = subprocess.run([sys.executable, "-m", "llamo", *args], capture_output=True, text=True, timeout=300, env=env)
