@@ -358,3 +358,57 @@ def test_smollm2_mixed_batch_forward_backward() -> None:
         logits = model.text_logits(model(ids).hidden_states)[..., : model.base_vocab_size]
         assert torch.equal(logits, model.llm(ids).logits)
     assert tokenizer.decode(int(logits[0, -1].argmax())).strip() == "Paris"
+
+
+# -- the frozen prompt runs outside autograd ---------------------------------------------------------------
+
+
+def _loss_and_grads(model: LLaMo, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    losses = model.loss(batch, generator=torch.Generator().manual_seed(0))
+    losses["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return losses["loss"].detach(), grads
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_frozen_prompt_rows_skip_autograd_with_the_same_loss_and_gradients(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tokens before a row's first [BOM]/[EOM]/motion slot depend on no trainable weight: they run without
+    autograd, and the loss and every gradient equal those of the full graph."""
+    model, _ = tiny_llamo(name)
+    model.train()
+    batch = mixed_batch(model)
+    text_q = model.llm.model.layers[0].self_attn.q_proj
+    calls: list[tuple[int, bool]] = []
+    handle = text_q.register_forward_hook(lambda m, args, out: calls.append((args[0].shape[0], out.requires_grad)))
+    loss, grads = _loss_and_grads(model, batch)
+    handle.remove()
+    prompt = [int((row == model.bom_id).nonzero()[0]) for row in batch.input_ids]  # tokens before each [BOM]
+    n_text = int((~batch.motion_mask).sum())
+    assert calls == [(n_text - sum(prompt), True), (sum(prompt), False)]
+    assert model.added_tokens.input_rows.grad.abs().sum() > 0  # the [BOM] row itself still trains
+
+    monkeypatch.setattr(model, "_frozen_prompt_mask", lambda ids, mask: None)  # the full graph
+    full_loss, full_grads = _loss_and_grads(model, batch)
+    torch.testing.assert_close(loss, full_loss, rtol=0, atol=1e-6)
+    assert grads.keys() == full_grads.keys() and len(grads) > 0
+    for key in grads:
+        torch.testing.assert_close(grads[key], full_grads[key], rtol=1e-5, atol=1e-7, msg=key)
+    monkeypatch.undo()
+    model.mot.gradient_checkpointing = True  # the recomputed layers keep the frozen rows out of autograd too
+    ckpt_loss, ckpt_grads = _loss_and_grads(model, batch)
+    torch.testing.assert_close(ckpt_loss, full_loss, rtol=0, atol=1e-6)
+    for key in grads:
+        torch.testing.assert_close(ckpt_grads[key], full_grads[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_no_frozen_rows_without_autograd_or_with_a_trainable_text_branch() -> None:
+    model, _ = tiny_llamo("gqa_tied")
+    batch = mixed_batch(model)
+    assert model._frozen_prompt_mask(batch.input_ids, batch.motion_mask) is not None
+    with torch.no_grad():  # inference keeps one text pass, exactly as before
+        assert model._frozen_prompt_mask(batch.input_ids, batch.motion_mask) is None
+    model.llm.model.layers[0].mlp.up_proj.weight.requires_grad_(True)  # a user unfreezes part of the text branch
+    assert model._frozen_prompt_mask(batch.input_ids, batch.motion_mask) is None

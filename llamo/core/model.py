@@ -329,7 +329,9 @@ class LLaMo(nn.Module):
         `flow_condition` and `exit_logits` on (a selection of) the hidden states.
         """
         embeds = self.embed(input_ids, motion_mask, latents)
-        routing = Routing.from_mask(motion_mask) if (motion_mask is not None and self.config.mot) else None
+        routing = None
+        if motion_mask is not None and self.config.mot:
+            routing = Routing.from_mask(motion_mask, self._frozen_prompt_mask(input_ids, motion_mask))
         return self.mot(
             embeds,
             motion_mask,
@@ -339,6 +341,16 @@ class LLaMo(nn.Module):
             use_cache=use_cache,
             routing=routing,
         )
+
+    def _frozen_prompt_mask(self, input_ids: Tensor, motion_mask: Tensor) -> Tensor | None:
+        """``(B, T)`` bool: the tokens before each row's first motion slot, [BOM] or [EOM] when autograd is on and
+        the text branch is frozen (MoT), else None. Those tokens read only frozen embeddings and frozen layers
+        and attend only to each other, so their hidden states are constants of the trainable weights
+        (`Routing.from_mask` runs them without autograd). The [BOM]/[EOM] rows are trainable, hence the cut."""
+        if not torch.is_grad_enabled() or any(p.requires_grad for p in self.llm.parameters()):
+            return None
+        live = motion_mask | (input_ids == self.bom_id) | (input_ids == self.eom_id)
+        return live.cumsum(dim=1) == 0
 
     def text_logits(self, hidden: Tensor) -> Tensor:
         """Logits ``(..., V + 2)``: the base LM head (bit-identical columns) then [BOM], [EOM]."""

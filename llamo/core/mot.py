@@ -10,6 +10,13 @@ back into sequence order), never both branches on all tokens. Q/K/V of both moda
 order for ONE causal attention with the base model's RoPE, GQA and attention kernel, and a standard
 transformers `Cache` (e.g. `DynamicCache`) stores the keys/values of both modalities per layer.
 
+Frozen prompt rows: a training step's text tokens before a row's first [BOM]/[EOM]/motion slot (the chat template
+and caption of a text-to-motion sample, the instruction of a motion-to-text one) read only frozen weights and attend
+only to each other, so their hidden states are constants of everything that trains. `LLaMo.forward` marks them
+(`Routing.frozen`) and `_mixed_layer` runs them without autograd: the backward skips their dX through every frozen
+layer, which could only carry gradient into constants. The loss and the gradients are those of the full graph up to
+float rounding (the rows' matmuls run as a separate block); inference (no autograd) keeps one text pass.
+
 Fast paths decided from host-side knowledge (no device sync beyond building the routing):
 - no motion token -> the base `LlamaModel.forward` itself runs (text outputs are bit-identical to the base);
 - only motion tokens (a motion decode step) -> `MoTLlama.motion_forward`: the motion twins run as an ordinary
@@ -66,29 +73,47 @@ class Routing:
     """
 
     text_index: Tensor
-    """``(N_text,)`` flat positions of text tokens."""
+    """``(N_text,)`` flat positions of text tokens, the `frozen` ones first."""
     motion_index: Tensor
     """``(N_motion,)`` flat positions of motion tokens."""
     inverse: Tensor
     """``(B * T,)`` row of each token in ``cat([text rows, motion rows])``."""
     shape: tuple[int, int]
     """``(B, T)``."""
+    frozen: int = 0
+    """How many leading text rows are constants of the trainable weights (see `from_mask`): `_mixed_layer` runs
+    them without autograd."""
 
     @classmethod
-    def from_mask(cls, motion_mask: Tensor) -> Routing:
-        """Routing for a bool ``(B, T)`` mask (True = motion token)."""
+    def from_mask(cls, motion_mask: Tensor, frozen_mask: Tensor | None = None) -> Routing:
+        """Routing for a bool ``(B, T)`` mask (True = motion token).
+
+        ``frozen_mask (B, T)`` bool (optional) marks text tokens whose hidden states depend on no trainable weight
+        (a frozen text branch, and only frozen tokens before them in the causal order, e.g. the prompt before
+        [BOM]). Their rows come first in ``text_index`` and run outside autograd: a training step then skips their
+        backward (dX through every frozen layer), which would only carry gradient into constants. The caller
+        guarantees the property; this only checks that no motion token is marked."""
         if motion_mask.dtype != torch.bool or motion_mask.ndim != 2:
             raise ValueError(
                 f"motion_mask must be a bool tensor of shape (B, T), got dtype {motion_mask.dtype} and shape "
                 f"{tuple(motion_mask.shape)}"
             )
         flat = motion_mask.reshape(-1)
-        text_index = (~flat).nonzero().squeeze(1)
+        if frozen_mask is None:
+            text_index = (~flat).nonzero().squeeze(1)
+            frozen = 0
+        else:
+            assert frozen_mask.shape == motion_mask.shape and frozen_mask.dtype == torch.bool
+            frozen_flat = frozen_mask.reshape(-1)
+            assert not bool((frozen_flat & flat).any()), "a motion token cannot be frozen"
+            frozen_index = frozen_flat.nonzero().squeeze(1)
+            text_index = torch.cat([frozen_index, (~flat & ~frozen_flat).nonzero().squeeze(1)])
+            frozen = frozen_index.numel()
         motion_index = flat.nonzero().squeeze(1)
         order = torch.cat([text_index, motion_index])
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        return cls(text_index, motion_index, inverse, (motion_mask.shape[0], motion_mask.shape[1]))
+        return cls(text_index, motion_index, inverse, (motion_mask.shape[0], motion_mask.shape[1]), frozen)
 
     @property
     def has_text(self) -> bool:
@@ -411,9 +436,23 @@ def _mixed_layer(
     motion_dtype = motion.input_layernorm.weight.dtype
     res_t, res_m = routing.gather(hidden)  # (N_t, H), (N_m, H)
     res_m = res_m.to(motion_dtype)
-    x_t = text.input_layernorm(res_t)
+    # frozen text rows (Routing.frozen) are constants: computing them without autograd spares their backward
+    res_f, res_t = res_t[: routing.frozen].detach(), res_t[routing.frozen :]
+
+    def text_qkv(res: Tensor) -> Tensor:
+        x = text.input_layernorm(res)
+        return torch.cat([attn_t.q_proj(x), attn_t.k_proj(x), attn_t.v_proj(x)], dim=-1)
+
+    def text_out(res: Tensor, o: Tensor) -> Tensor:
+        mid = res + attn_t.o_proj(o)
+        return mid + text.mlp(text.post_attention_layernorm(mid))
+
     x_m = motion.input_layernorm(res_m)
-    qkv_t = torch.cat([attn_t.q_proj(x_t), attn_t.k_proj(x_t), attn_t.v_proj(x_t)], dim=-1)
+    qkv_t = text_qkv(res_t)
+    if routing.frozen:
+        with torch.no_grad():
+            qkv_f = text_qkv(res_f)
+        qkv_t = torch.cat([qkv_f, qkv_t])
     qkv_m = torch.cat([attn_m.q_proj(x_m), attn_m.k_proj(x_m), attn_m.v_proj(x_m)], dim=-1)
     qkv = routing.scatter(qkv_t, qkv_m.to(qkv_t.dtype))  # (B, T, q_width + 2 * kv_width)
     q, k, v = qkv.split([q_width, kv_width, kv_width], dim=-1)
@@ -440,9 +479,12 @@ def _mixed_layer(
     )
     attn_out = attn_out.reshape(batch, length, -1)  # (B, T, heads * head_dim)
     o_t, o_m = routing.gather(attn_out)
-    mid_t = res_t + attn_t.o_proj(o_t)
+    out_t = text_out(res_t, o_t[routing.frozen :])
+    if routing.frozen:
+        with torch.no_grad():  # a frozen row attends only to frozen rows (a causal prefix): still a constant
+            out_f = text_out(res_f, o_t[: routing.frozen])
+        out_t = torch.cat([out_f, out_t])
     mid_m = res_m + attn_m.o_proj(o_m.to(motion_dtype))
-    out_t = mid_t + text.mlp(text.post_attention_layernorm(mid_t))
     out_m = mid_m + motion.mlp(motion.post_attention_layernorm(mid_m))
     return routing.scatter(out_t, out_m.to(out_t.dtype))
 
