@@ -243,11 +243,29 @@ def test_ablation_report_gives_mean_and_interval_over_seeds(tmp_path: Path) -> N
     assert lines["| latent16"].startswith("| latent16 | 0, 1, 2 | 31.00 ± 2.48 |")
     assert "| 0, 1, 2 | 21.00 ± 2.48 |" in lines["| demo (MoT, sampled VAE z32, stages 1-3)"]
     verdicts = {line.split(",")[0]: line for line in md.splitlines() if line.startswith("- ")}
-    assert verdicts["- latent16"].endswith("— reproduces.")  # 31 ± 2.48 vs 21 ± 2.48 separate
+    # 31 ± 2.48 vs 21 ± 2.48 separate; paired by seed the differences are 10, 10, 10
+    assert verdicts["- latent16"].endswith("— reproduces; paired by seed (0, 1, 2): difference +10 ± 0 (excludes 0).")
     assert "inconclusive: the difference is within the 95 % intervals" in verdicts["- latent64"]  # 20.5 ± 4.97
+    # paired differences 0.5, 1.5, -3.5: mean -0.5, s = sqrt(7), 4.303 * s / sqrt(3) = 6.57
+    assert verdicts["- latent64"].endswith("paired by seed (0, 1, 2): difference -0.5 ± 6.57 (includes 0).")
     r3 = next(line for line in md.splitlines() if line.startswith("- stages12, T2M R@3"))
-    # 0.35 ± 12.7 * 0.1 vs 0.40 ± 12.7 * 0.1 over two seeds: the protocol's ±0.001 no longer decides it
+    # 0.35 ± 12.7 * 0.1 vs 0.40 ± 12.7 * 0.1 over two seeds: the protocol's ±0.001 no longer decides it; paired by
+    # seed both differences are -0.05, which the verdict (the rule: separated intervals) does not use
     assert "0.35 vs 0.4 (lower)" in r3 and "inconclusive: the difference is within" in r3
+    assert r3.endswith("paired by seed (0, 1): difference -0.05 ± 0 (excludes 0).")
+    fid = next(line for line in md.splitlines() if line.startswith("- stages12, T2M FID"))
+    assert fid.endswith("paired by seed (0, 1): difference +0 ± 0 (includes 0).")  # demo-seed2 measured no FID
+
+
+def test_paired_difference_uses_the_seeds_both_rows_measured() -> None:
+    from llamo.eval.ablations import paired_difference
+
+    ablation = [(0, {"m": 1.0}), (1, {"m": 2.0}), (2, {"m": None}), (4, {"m": 7.0})]
+    reference = [(0, {"m": 0.5}), (1, {"m": 1.0}), (2, {"m": 3.0}), (3, {"m": 9.0})]
+    # seeds 0 and 1 only: differences 0.5 and 1.0, mean 0.75, s = 0.3536, 12.706 * s / sqrt(2) = 3.18
+    assert paired_difference(ablation, reference, "m") == "paired by seed (0, 1): difference +0.75 ± 3.18 (includes 0)"
+    assert paired_difference(ablation[:1], reference, "m") is None  # one common seed: no interval
+    assert paired_difference(ablation, reference, "other") is None
 
 
 # ------------------------------------------------------------------------------- --gen_seeds and MultiModality

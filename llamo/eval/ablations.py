@@ -13,7 +13,14 @@ from typing import Any
 from llamo.eval.markdown import format_value
 from llamo.eval.seeds import seed_interval, seed_of_run, separated
 
-__all__ = ["PAPER_DIRECTIONS", "ablation_report", "aggregate_seeds", "direction_verdict", "summary_row"]
+__all__ = [
+    "PAPER_DIRECTIONS",
+    "ablation_report",
+    "aggregate_seeds",
+    "direction_verdict",
+    "paired_difference",
+    "summary_row",
+]
 
 #: what the paper reports for each ablation, as (metric, direction vs the full model, paper numbers)
 PAPER_DIRECTIONS: dict[str, list[tuple[str, str, str]]] = {
@@ -147,6 +154,29 @@ def direction_verdict(name: str, row: Mapping[str, Any], ref: Mapping[str, Any],
     return "reproduces" if went == direction else "does NOT reproduce"
 
 
+def paired_difference(
+    group: list[tuple[int, Mapping[str, Any]]], ref_group: list[tuple[int, Mapping[str, Any]]], metric: str
+) -> str | None:
+    """``metric`` of an ablation minus the reference's, paired by training seed: the seeds both measured, the mean
+    difference and its t-based 95 % interval (None with fewer than two such seeds).
+
+    An ablation shares its seed's VAE, evaluator and every stage it does not change with the reference run, so the
+    per-seed differences leave out much of the training noise that the two rows' own intervals carry."""
+    ref = {seed: row.get(metric) for seed, row in ref_group}
+    pairs = [
+        (seed, row[metric] - ref[seed])
+        for seed, row in group
+        if row.get(metric) is not None and ref.get(seed) is not None
+    ]
+    if len(pairs) < 2:
+        return None
+    interval = seed_interval([d for _, d in pairs])
+    assert interval.ci95 is not None
+    zero = "excludes" if abs(interval.mean) > interval.ci95 else "includes"
+    seeds = ", ".join(str(seed) for seed, _ in pairs)
+    return f"paired by seed ({seeds}): difference {interval.mean:+.3g} ± {interval.ci95:.3g} ({zero} 0)"
+
+
 def ablation_report(runs_root: str | Path, reference: str = "demo") -> str:
     """Markdown summary of every ``<runs_root>/ablate-*[-seed<k>]/results.json`` next to ``<runs_root>/<reference>``
     (and ``<reference>-seed<k>``), one row per ablation with mean ± 95 % interval over its training seeds.
@@ -163,12 +193,15 @@ def ablation_report(runs_root: str | Path, reference: str = "demo") -> str:
         for p in [root / reference / "results.json", *sorted(root.glob(f"{reference}-seed*/results.json"))]
         if p.is_file() and seed_of_run(p.parent.name)[0] == reference
     ]
-    ref_row = aggregate_seeds(_seed_rows(ref_paths)[reference]) if ref_paths else None
+    ref_group = _seed_rows(ref_paths)[reference] if ref_paths else []
+    ref_row = aggregate_seeds(ref_group) if ref_paths else None
     rows: list[tuple[str, dict[str, Any]]] = []
+    groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     if ref_row is not None:
         rows.append((f"{reference} (MoT, sampled VAE z32, stages 1-3)", ref_row))
     for base, group in _seed_rows(paths).items():
         rows.append((base.removeprefix("ablate-"), aggregate_seeds(group)))
+        groups[base.removeprefix("ablate-")] = group
     ref_path = root / reference / "results.json"
     header = "| run | seeds | " + " | ".join(c for c, _ in _SUMMARY_COLUMNS) + " | reused stages |"
     lines = [
@@ -205,8 +238,10 @@ def ablation_report(runs_root: str | Path, reference: str = "demo") -> str:
                 continue
             went = "higher" if ours > ref else "lower" if ours < ref else "equal"
             verdict = direction_verdict(name, row, ref_row, metric, direction)
+            paired = paired_difference(groups[name], ref_group, metric)
             lines.append(
-                f"- {name}, {metric}: {ours:.4g} vs {ref:.4g} ({went}); paper: {direction} ({paper}) — {verdict}."
+                f"- {name}, {metric}: {ours:.4g} vs {ref:.4g} ({went}); paper: {direction} ({paper}) — {verdict}"
+                + (f"; {paired}." if paired else ".")
             )
     if ref_row is not None:
         lines += [
@@ -215,6 +250,10 @@ def ablation_report(runs_root: str | Path, reference: str = "demo") -> str:
             "|mean_a - mean_b| > h_a + h_b; otherwise it is inconclusive. With two or more training seeds the "
             "interval is over those seeds (it includes training noise and, with `--gen_seeds`, generation noise); "
             "with one seed only T2M R@3 has an interval, that of the protocol's repetitions over R-precision groups, "
-            "which leaves out training and generation noise, and every other metric is inconclusive.",
+            "which leaves out training and generation noise, and every other metric is inconclusive. Where both "
+            "rows share two or more seeds, the line also gives the difference paired by seed with its t-based "
+            "95 % interval: the two runs of a seed share its VAE, evaluator and unchanged stages, so the noise they "
+            "share cancels (what differs between them does not); it is evidence beside the verdict, not the rule "
+            "that calls it.",
         ]
     return "\n".join(lines) + "\n"
