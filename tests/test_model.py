@@ -412,3 +412,30 @@ def test_no_frozen_rows_without_autograd_or_with_a_trainable_text_branch() -> No
         assert model._frozen_prompt_mask(batch.input_ids, batch.motion_mask) is None
     model.llm.model.layers[0].mlp.up_proj.weight.requires_grad_(True)  # a user unfreezes part of the text branch
     assert model._frozen_prompt_mask(batch.input_ids, batch.motion_mask) is None
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16-base", "bf16-base-autocast"])
+def test_frozen_prompt_rows_on_a_bf16_base(autocast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper's setting: a bf16 base with float32 twins, with and without bf16 autocast (`bf16-mixed`). The frozen
+    rows' bf16 block joins the live rows and the twins' casts; the result is the full graph's to bf16 rounding."""
+    from tiny_llamo import random_llm
+
+    llm = random_llm("gqa_tied").to(torch.bfloat16)
+    torch.manual_seed(0)
+    model = LLaMo(tiny_llamo_config("gqa_tied"), llm=llm).train()
+    batch = mixed_batch(model)
+
+    def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return _loss_and_grads(model, batch)
+
+    assert model._frozen_prompt_mask(batch.input_ids, batch.motion_mask).any()
+    loss, grads = run()
+    monkeypatch.setattr(model, "_frozen_prompt_mask", lambda ids, mask: None)
+    full_loss, full_grads = run()
+    assert torch.isfinite(loss) and grads.keys() == full_grads.keys() and len(grads) > 0
+    assert all(p.grad is None for p in model.llm.parameters())
+    torch.testing.assert_close(loss, full_loss, rtol=1e-2, atol=1e-3)
+    for key in grads:
+        scale = full_grads[key].abs().max().item()
+        torch.testing.assert_close(grads[key], full_grads[key], rtol=0, atol=2e-2 * scale + 1e-8, msg=key)
