@@ -140,6 +140,7 @@ def test_make_demo_smoke_writes_every_table(tmp_path: Path) -> None:
         chosen["cfg"],
         chosen["steps"],
     )
+    assert generation["temperature"] == chosen["temperature"] == 1.0  # the smoke grid sweeps temperature 1 only
     assert "llamo eval sweep" in generation["source"] and (run / "sweep.png").is_file()
 
     # trainer.max_steps 0 (the stage-skipping ablations) hands the previous stage's weights on unchanged

@@ -322,18 +322,18 @@ def test_report_names_the_protocol_and_accepts_single_run_rows() -> None:
 
 
 class _FakeRun:
-    """Just what the Table-3 section calls: ``generate`` (GT-length features) and the flow-head config."""
+    """Just what the Table-3 section calls: ``generate`` (GT-length features) and the run's generation setting."""
 
     class _Motion:
         def __init__(self, features: torch.Tensor) -> None:
             self.features, self.stop_reason = features, "max_tokens"
 
     def __init__(self) -> None:
-        from types import SimpleNamespace
+        from llamo.inference.guidance import GenerationSetting
 
         self.stage_dir = Path("stage3")
-        head = SimpleNamespace(config=SimpleNamespace(sample_steps=8, guidance_scale=4.0))
-        self.model = SimpleNamespace(flow_head=head)
+        # the setting the notes must state: the run's (a sweep's record here), not the model config's
+        self.generation = GenerationSetting(8, 4.0, "prompt", source="a test record", recorded=True, temperature=0.5)
 
     def generate(self, prompts: list[str], max_tokens: int, generator: torch.Generator, **_: object) -> list:
         return [self._Motion(torch.randn(4 * max_tokens, 272, generator=generator)) for _ in prompts]
@@ -374,6 +374,8 @@ def test_section_runs_the_protocol_end_to_end(tmp_path: Path) -> None:
     assert all(r["R@3_ci95"] is None for r in section.data["rows"]) and section.data["rows"][0]["FID"] is None
     assert [len(g) for g in out["generated"]] == [len(f) for f in out["items"].features]  # the GT length
     assert any("100 pairs" in n for n in section.notes)
+    setting = "flow head: 8 Euler steps, guidance scale 4, unconditional source 'prompt', noise temperature 0.5"
+    assert any(setting in n for n in section.notes)
     again = Section("t2m", "Table 3")
     motionstreamer_t2m_section(_FakeRun(), _FakeEvaluator(), mean, std, root, settings, again)
     assert again.data["rows"] == section.data["rows"]  # one seeded run: reproducible

@@ -86,6 +86,7 @@ def generate(
     steps: int | None = None,
     guidance_scale: float | None = None,
     cfg: Literal["null", "prompt"] | None = None,
+    temperature: float | None = None,
     exit_threshold: float = 0.5,
     min_tokens: int = 10,
     max_tokens: int = 75,
@@ -107,6 +108,8 @@ def generate(
         guidance_scale: CFG scale (default: as --steps).
         cfg: Unconditional source of CFG: the learned null condition or empty-caption prompt rows (default: as
             --steps; null without a recorded setting).
+        temperature: Noise temperature of the flow head, x_0 ~ N(0, t^2 I) (default: as --steps; 1 without a recorded
+            setting).
         exit_threshold: Exit probability that stops a motion.
         min_tokens: Latents before the exit head may stop.
         max_tokens: Latents at most, 4 frames each.
@@ -125,7 +128,9 @@ def generate(
         )
     how = f"{path} (auto)" if decode == "auto" else path
     print(f"decode path: {how}", file=sys.stderr)
-    loaded = run.load().with_generation(steps, guidance_scale, cfg, flags="--steps/--guidance_scale/--cfg")
+    loaded = run.load().with_generation(
+        steps, guidance_scale, cfg, temperature, flags="--steps/--guidance_scale/--cfg/--temperature"
+    )
     setting = loaded.generation
     assert setting is not None  # with_generation always sets one
     print(f"generation setting: {setting.describe()} ({setting.source})", file=sys.stderr)

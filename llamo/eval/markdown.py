@@ -112,7 +112,8 @@ def format_report(results: Mapping[str, Any]) -> str:
         lines += [
             "",
             f"Generation setting (Table 3, samples): {gen['steps']} Euler steps, guidance scale "
-            f"{gen['guidance_scale']:g}, unconditional source `{gen['cfg']}` — {gen['source']}.",
+            f"{gen['guidance_scale']:g}, unconditional source `{gen['cfg']}`, noise temperature "
+            f"{gen.get('temperature', 1.0):g} — {gen['source']}.",
         ]
     train = results.get("training", {})
     if train:

@@ -9,8 +9,8 @@ The numbers of LLaMo's Table 3 follow MotionStreamer's protocol; this module rep
    ``[int(from·30), int(to·30))``, kept only if ``60 <= len < 300`` (two lines with the same span: two items).
 2. **Crops**: each item is cropped to ``(T//4)·4`` frames, or with probability 1/3 to ``(T//4 − 1)·4``, at a
    uniformly random offset (`llamo.data.humanml272.crop_to_multiple` with an rng); one caption per item is drawn.
-3. **Generation** at the ground-truth length: exactly ``m // 4`` latents per item (``--length gt``), the flow
-   head's configured guidance (MotionStreamer: CFG 4.0).
+3. **Generation** at the ground-truth length: exactly ``m // 4`` latents per item (``--length gt``), with the
+   run's generation setting (`LLaMoRun.generation`: the sweep's record or the flags; MotionStreamer: CFG 4.0).
 4. **Batches** of 32, shuffled, the last incomplete batch dropped; R-precision and MM-Dist per batch, Diversity
    300 pairs (100 if N <= 300) with independent index draws (`metrics.motionstreamer_protocol`).
 5. **One run** with ``--seed``: one numpy generator draws captions, crops, batches and Diversity pairs.
@@ -187,7 +187,6 @@ def motionstreamer_t2m_section(
         return r
 
     stage = run_model.stage_dir.name
-    head = run_model.model.flow_head.config
     section.data["rows"] = [
         row("Real motion", ours, "real", fid=False),
         row("Shuffled real (wrong captions)", baseline, "gen"),
@@ -202,6 +201,8 @@ def motionstreamer_t2m_section(
         "clips_left_out": items.left_out,
         "sub_clips_left_out": items.sub_clips_left_out,
     }
+    # what generate_test_motions used: the run's setting (recorded by the sweep or given as flags), not the config's
+    setting = run_model.generation.describe() if run_model.generation is not None else "the model config's default"
     section.notes += [
         f"Test items as MotionStreamer's `dataset_eval_t2m.py`: {items.clips} clips of split {settings.split!r} "
         f"with {settings.min_frames} <= T <= {settings.max_frames} ({items.left_out} clips outside left out with "
@@ -209,9 +210,8 @@ def motionstreamer_t2m_section(
         f"caption line ({items.sub_clips_left_out} tagged sub-clips outside the frame range left out); each "
         "cropped to a multiple of 4 frames (one unit shorter with probability 1/3) at a random offset, one "
         "caption drawn per item.",
-        f"Generation at the ground-truth length (exactly m/4 latents, exit head off); flow head: "
-        f"{head.sample_steps} Euler steps, guidance scale {head.guidance_scale} (MotionStreamer: CFG 4.0); stop "
-        f"reasons: {reasons}.",
+        f"Generation at the ground-truth length (exactly m/4 latents, exit head off); flow head: {setting} "
+        f"(MotionStreamer: CFG 4.0); stop reasons: {reasons}.",
         f"Batches of {batch_size}, shuffled, last incomplete batch dropped: {kept} of {n} items scored; R-precision "
         f"and MM-Dist per batch (summed hits and paired distances / {kept}); FID over the {kept} items; Diversity "
         f"over {diversity_times(kept)} pairs (300 if N > 300, else 100) with independent index draws.",

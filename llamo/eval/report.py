@@ -203,9 +203,13 @@ def evaluate_run(
             sections[key].skipped = reason
     else:
         run_model = load_run(run, stage_dir.name, device=settings.device)
-        # explicit --steps/--guidance_scale/--cfg win over the sweep's record (RUN/generation.json)
+        # explicit --steps/--guidance_scale/--cfg/--temperature win over the sweep's record (RUN/generation.json)
         run_model = run_model.with_generation(
-            settings.steps, settings.guidance_scale, settings.cfg, flags="--steps/--guidance_scale/--cfg"
+            settings.steps,
+            settings.guidance_scale,
+            settings.cfg,
+            settings.temperature,
+            flags="--steps/--guidance_scale/--cfg/--temperature",
         )
         items = load_test_items(data, settings)
         if inputs.evaluator_dir is not None and inputs.mean_std_dir is not None:

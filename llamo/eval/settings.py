@@ -54,6 +54,8 @@ class EvalSettings:
     """CFG scale (None: as --steps)."""
     cfg: Literal["null", "prompt"] | None = None
     """Unconditional source of CFG (None: as --steps; null without a recorded setting)."""
+    temperature: float | None = None
+    """Noise temperature of the flow head, x_0 ~ N(0, t^2 I) (None: as --steps; 1 without a recorded setting)."""
     probe_items: int | None = None
     """Language-probe prompts used (None: all of the shipped probe)."""
     caption_tokens: int = 48

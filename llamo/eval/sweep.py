@@ -1,16 +1,18 @@
-"""``llamo eval sweep``: choose a run's generation setting (guidance scale, unconditional source, Euler steps) by
-measurement on the validation split, and record it in the run (``RUN/generation.json``).
+"""``llamo eval sweep``: choose a run's generation setting (guidance scale, unconditional source, Euler steps, noise
+temperature) by measurement on the validation split, and record it in the run (``RUN/generation.json``).
 
     llamo eval sweep runs/demo --data data/synth [--scales [1,1.5,2,3,4]] [--sources '["null","prompt"]']
-        [--steps [5,10,25,50]] [--gen_seeds 2] [--items N] [--fid_factor 2.0] [--no_record]
+        [--steps [5,10,25,50]] [--temperatures [1]] [--gen_seeds 2] [--items N] [--fid_factor 2.0] [--no_record]
 
 For every setting of the grid the validation items (the Table-3 protocol: ``min_frames <= T <= max_frames``, one
 seeded caption each, ground-truth length) are generated with ``--gen_seeds`` noise seeds and scored with the run's
 evaluator (`metrics.generation.t2m_metrics`, ``--repeats`` times per seed): FID, R@3, MM-Dist and the wall time per
 generated token. A scale of 1 is no guidance, where both sources give the same motion: it is run once, as
-``null``. The table is printed, the curves are drawn to ``RUN/sweep.png``, and the setting picked by
-`choose_setting` is written to ``RUN/generation.json`` (`llamo.inference.guidance`), which `load_run` — and so
-``llamo generate`` and ``llamo eval run`` — use by default.
+``null``. ``--temperatures`` scales each latent's initial noise (MAR's sampling temperature: below 1 the Euler ODE
+starts nearer the mean and lands on more typical motions, trading diversity for text adherence as guidance does;
+the default grid is 1 only, the noise training used). The table is printed, the curves are drawn to
+``RUN/sweep.png``, and the setting picked by `choose_setting` is written to ``RUN/generation.json``
+(`llamo.inference.guidance`), which `load_run` — and so ``llamo generate`` and ``llamo eval run`` — use by default.
 
 The choice never sees the test split: ``--split test`` is refused (`SweepSettings`), so Table 3 of ``llamo eval
 run`` stays an unbiased measurement of the chosen setting.
@@ -66,7 +68,7 @@ RULE = (
     "quality for text adherence; this bounds the trade). Among them, the highest mean R@3 wins; every eligible "
     "setting whose R@3 lies within the winner's 95 % interval counts as tied, and a tie goes to fewer Euler steps "
     "(cheaper per token), then source 'null' over 'prompt' (no extra LLM rows, the condition training taught), "
-    "then the lower guidance scale (less distortion)."
+    "then the lower guidance scale (less distortion), then the noise temperature nearer 1 (the noise training used)."
 )
 
 
@@ -84,6 +86,8 @@ class SweepSettings:
     null in the list: '["null","prompt"]'."""
     steps: list[int] = field(default_factory=lambda: [5, 10, 25, 50])
     """Euler step counts of the grid."""
+    temperatures: list[float] = field(default_factory=lambda: [1.0])
+    """Noise temperatures of the grid: each latent's initial noise is N(0, t^2 I) (1 = the training noise)."""
     gen_seeds: int = 2
     """Noise seeds each setting is generated with (metrics pooled over them: one seed proves little)."""
     items: int | None = None
@@ -117,12 +121,20 @@ class SweepSettings:
         if None in self.sources:
             raise ValueError(
                 f"--sources got {self.sources}: YAML reads an unquoted null as nothing; quote the source names, "
-                "e.g. --sources '[\"null\",\"prompt\"]'"
+                'e.g. --sources \'["null","prompt"]\''
             )
         if not self.sources or any(s not in CFG_SOURCES for s in self.sources):
             raise ValueError(f"--sources must be a non-empty list of {list(CFG_SOURCES)}, got {self.sources}")
         if not self.steps or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.steps):
             raise ValueError(f"--steps must be a non-empty list of positive integers, got {self.steps}")
+        if not self.temperatures or any(
+            isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0
+            for t in self.temperatures
+        ):
+            raise ValueError(
+                f"--temperatures must be a non-empty list of finite numbers > 0 (1 = the training noise), got "
+                f"{self.temperatures}"
+            )
         for name in ("gen_seeds", "repeats", "gen_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -148,15 +160,32 @@ class SweepSettings:
         )
 
 
-def sweep_grid(settings: SweepSettings) -> list[tuple[float, str, int]]:
-    """``(guidance_scale, cfg, steps)`` of every setting, scales then sources then steps; a scale of 1 (no
-    guidance: the unconditional source is never used) appears once per step count, with ``null``."""
-    out: list[tuple[float, str, int]] = []
+def sweep_grid(settings: SweepSettings) -> list[tuple[float, str, int, float]]:
+    """``(guidance_scale, cfg, steps, temperature)`` of every setting, scales then sources then steps then
+    temperatures (highest first); a scale of 1 (no guidance: the unconditional source is never used) appears once
+    per step count and temperature, with ``null``."""
+    out: list[tuple[float, str, int, float]] = []
+    temperatures = sorted(set(float(t) for t in settings.temperatures), reverse=True)
     for scale in sorted(set(float(s) for s in settings.scales)):
         sources = ["null"] if scale == 1.0 else [s for s in CFG_SOURCES if s in settings.sources]
         for source in sources:
-            out += [(scale, source, steps) for steps in sorted(set(settings.steps))]
+            out += [(scale, source, steps, t) for steps in sorted(set(settings.steps)) for t in temperatures]
     return out
+
+
+def _temperature(row: Mapping[str, Any]) -> float:
+    """A row's noise temperature; a table written before temperatures were swept has none: 1."""
+    return float(row.get("temperature", 1.0))
+
+
+def _is_chosen(row: Mapping[str, Any], chosen: Mapping[str, Any]) -> bool:
+    return all((_temperature(row) if k == "temperature" else row[k]) == chosen[k] for k in chosen)
+
+
+def _describe(row: Mapping[str, Any]) -> str:
+    """``scale 5, prompt, 25 steps, temperature 0.5`` (the temperature only when it is not 1)."""
+    text = f"scale {float(row['guidance_scale']):g}, {row['cfg']}, {int(row['steps'])} steps"
+    return text + (f", temperature {_temperature(row):g}" if _temperature(row) != 1.0 else "")
 
 
 def choose_setting(rows: Sequence[Mapping[str, Any]], fid_factor: float = 2.0) -> tuple[Mapping[str, Any], str]:
@@ -164,7 +193,8 @@ def choose_setting(rows: Sequence[Mapping[str, Any]], fid_factor: float = 2.0) -
 
     Args:
         rows: one mapping per setting with ``guidance_scale``, ``cfg``, ``steps``, ``FID``, ``R@3`` and optionally
-            ``R@3_ci95`` (half-width of its 95 % interval; 0 when absent: only exact ties are ties).
+            ``temperature`` (1 when absent) and ``R@3_ci95`` (half-width of its 95 % interval; 0 when absent: only
+            exact ties are ties).
         fid_factor: eligible settings have FID <= fid_factor x the lowest FID.
 
     Example:
@@ -184,13 +214,20 @@ def choose_setting(rows: Sequence[Mapping[str, Any]], fid_factor: float = 2.0) -
     top = max(eligible, key=lambda r: float(r["R@3"]))
     margin = float(top.get("R@3_ci95") or 0.0)
     tied = [r for r in eligible if float(r["R@3"]) >= float(top["R@3"]) - margin]
-    chosen = min(tied, key=lambda r: (int(r["steps"]), CFG_SOURCES.index(r["cfg"]), float(r["guidance_scale"])))
+    chosen = min(
+        tied,
+        key=lambda r: (
+            int(r["steps"]),
+            CFG_SOURCES.index(r["cfg"]),
+            float(r["guidance_scale"]),
+            abs(math.log(_temperature(r))),
+        ),
+    )
     why = (
         f"{len(eligible)} of {len(rows)} settings have FID <= {fid_factor:g} x {lowest:.4f} = {limit:.4f}; the "
-        f"highest R@3 among them is {float(top['R@3']):.3f} ± {margin:.3f} (scale {float(top['guidance_scale']):g}, "
-        f"{top['cfg']}, {int(top['steps'])} steps); {len(tied)} within that interval; the tie-break (fewer steps, "
-        f"null over prompt, lower scale) picks scale {float(chosen['guidance_scale']):g}, {chosen['cfg']}, "
-        f"{int(chosen['steps'])} steps (R@3 {float(chosen['R@3']):.3f}, FID {float(chosen['FID']):.4f})"
+        f"highest R@3 among them is {float(top['R@3']):.3f} ± {margin:.3f} ({_describe(top)}); {len(tied)} within "
+        f"that interval; the tie-break (fewer steps, null over prompt, lower scale, temperature nearer 1) picks "
+        f"{_describe(chosen)} (R@3 {float(chosen['R@3']):.3f}, FID {float(chosen['FID']):.4f})"
     )
     largest = max(float(r["guidance_scale"]) for r in rows)
     if float(chosen["guidance_scale"]) == largest > 1.0:
@@ -237,9 +274,10 @@ def run_sweep(run_dir: str | Path, data_dir: str | Path, settings: SweepSettings
     steps_per_pass = _decode_steps(items, base.gen_batch)
     grid = sweep_grid(settings)
     rows: list[dict[str, Any]] = []
-    for k, (scale, source, steps) in enumerate(grid):
-        print(f"sweep: setting {k + 1}/{len(grid)}: scale {scale:g}, {source}, {steps} steps ...", flush=True)
-        model = run_model.with_generation(steps, scale, source, flags="sweep grid")
+    for k, (scale, source, steps, temperature) in enumerate(grid):
+        label = _describe({"guidance_scale": scale, "cfg": source, "steps": steps, "temperature": temperature})
+        print(f"sweep: setting {k + 1}/{len(grid)}: {label} ...", flush=True)
+        model = run_model.with_generation(steps, scale, source, temperature, flags="sweep grid")
         summaries, seconds = [], 0.0
         for s in range(settings.gen_seeds):
             start = time.perf_counter()
@@ -251,7 +289,7 @@ def run_sweep(run_dir: str | Path, data_dir: str | Path, settings: SweepSettings
                 return t2m_metrics(text, real, gen, g, group_size=group, diversity_pairs=pairs)
 
             summaries.append(repeat_protocol(one, repeats=settings.repeats, seed=settings.seed))
-        row: dict[str, Any] = {"guidance_scale": scale, "cfg": source, "steps": steps}
+        row: dict[str, Any] = {"guidance_scale": scale, "cfg": source, "steps": steps, "temperature": temperature}
         for metric in ("FID", "R@1", "R@3", "MM-Dist", "Diversity"):
             row[metric], row[f"{metric}_ci95"] = _pooled(summaries, f"gen/{metric}")
         row["seconds"] = seconds
@@ -274,8 +312,11 @@ def run_sweep(run_dir: str | Path, data_dir: str | Path, settings: SweepSettings
         "real_R@3": real_r3[0],
         "group": group,
         "rows": rows,
-        "chosen": {k: chosen[k] for k in ("guidance_scale", "cfg", "steps")},
-        "rule_name": f"highest R@3 with FID <= {settings.fid_factor:g} x lowest; ties: fewer steps, null, lower scale",
+        "chosen": {**{k: chosen[k] for k in ("guidance_scale", "cfg", "steps")}, "temperature": _temperature(chosen)},
+        "rule_name": (
+            f"highest R@3 with FID <= {settings.fid_factor:g} x lowest; ties: fewer steps, null, lower scale, "
+            "temperature nearer 1"
+        ),
         "rule": RULE.format(factor=settings.fid_factor),
         "why": why,
     }
@@ -283,7 +324,8 @@ def run_sweep(run_dir: str | Path, data_dir: str | Path, settings: SweepSettings
 
 def _row_line(row: Mapping[str, Any]) -> str:
     return (
-        f"scale {row['guidance_scale']:g} {row['cfg']:>6} {row['steps']:>3} steps: FID {row['FID']:.4f}, R@3 "
+        f"scale {row['guidance_scale']:g} {row['cfg']:>6} {row['steps']:>3} steps T {_temperature(row):g}: "
+        f"FID {row['FID']:.4f}, R@3 "
         f"{row['R@3']:.3f} ± {row['R@3_ci95']:.3f}, MM-Dist {row['MM-Dist']:.3f}, {row['ms_per_token']:.1f} ms/token"
     )
 
@@ -296,13 +338,14 @@ def format_sweep_table(sweep: Mapping[str, Any]) -> str:
         f"{sweep['items']} items, {sweep['settings']['gen_seeds']} noise seed(s) x {sweep['settings']['repeats']} "
         f"protocol repetitions per setting (mean ± 95 % interval); real motion R@3 {sweep['real_R@3']:.3f}.",
         "",
-        "| scale | source | steps | FID ↓ | R@3 ↑ | MM-Dist ↓ | ms/token | chosen |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| scale | source | steps | temperature | FID ↓ | R@3 ↑ | MM-Dist ↓ | ms/token | chosen |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in sweep["rows"]:
-        mark = "**←**" if all(r[k] == chosen[k] for k in chosen) else ""
+        mark = "**←**" if _is_chosen(r, chosen) else ""
         lines.append(
-            f"| {r['guidance_scale']:g} | {r['cfg']} | {r['steps']} | {r['FID']:.4f} ± {r['FID_ci95']:.4f} | "
+            f"| {r['guidance_scale']:g} | {r['cfg']} | {r['steps']} | {_temperature(r):g} | "
+            f"{r['FID']:.4f} ± {r['FID_ci95']:.4f} | "
             f"{r['R@3']:.3f} ± {r['R@3_ci95']:.3f} | {r['MM-Dist']:.3f} | {r['ms_per_token']:.1f} | {mark} |"
         )
     lines += [
@@ -310,38 +353,46 @@ def format_sweep_table(sweep: Mapping[str, Any]) -> str:
         "ms/token: generation wall time / decode steps (one latent per running stream per step, batches of "
         f"{sweep['settings']['gen_batch']} prompts).",
         f"Rule: {sweep['rule']}",
-        f"Chosen: scale {chosen['guidance_scale']:g}, source {chosen['cfg']}, {chosen['steps']} steps — "
-        f"{sweep['why']}.",
+        f"Chosen: scale {chosen['guidance_scale']:g}, source {chosen['cfg']}, {chosen['steps']} steps, temperature "
+        f"{_temperature(chosen):g} — {sweep['why']}.",
     ]
     return "\n".join(lines)
 
 
 def plot_sweep(sweep: Mapping[str, Any], path: str | Path) -> Path:
-    """Draw R@3, FID and ms/token against the guidance scale, one line per (source, steps), the chosen setting
-    starred; a PNG (matplotlib, headless Agg)."""
+    """Draw R@3, FID and ms/token against the guidance scale, one line per (source, steps, temperature), the chosen
+    setting starred; a PNG (matplotlib, headless Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows, chosen = sweep["rows"], sweep["chosen"]
-    steps_list = sorted({r["steps"] for r in rows})
-    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(steps_list), 1)))
+    # one colour per (steps, temperature) curve
+    curves = sorted({(r["steps"], _temperature(r)) for r in rows}, key=lambda c: (c[0], -c[1]))
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(curves), 1)))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     panels = (("R@3", "R@3 ↑"), ("FID", "FID ↓"), ("ms_per_token", "ms per token"))
     for ax, (key, label) in zip(axes, panels):
         for source in sorted({r["cfg"] for r in rows}, key=CFG_SOURCES.index):
             style = "-" if source == "null" else "--"
-            for color, steps in zip(colors, steps_list):
+            for color, (steps, temperature) in zip(colors, curves):
                 # scale 1 is run once (as null) and starts both sources' curves
                 pts = sorted(
                     (r["guidance_scale"], r[key])
                     for r in rows
-                    if r["steps"] == steps and (r["cfg"] == source or r["guidance_scale"] == 1.0)
+                    if r["steps"] == steps
+                    and _temperature(r) == temperature
+                    and (r["cfg"] == source or r["guidance_scale"] == 1.0)
                 )
+                if not pts:
+                    continue
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, style, marker="o", color=color, label=f"{source}, {steps} steps")
-        best = next(r for r in rows if all(r[k] == chosen[k] for k in chosen))
+                label = f"{source}, {steps} steps" + (
+                    f", T {temperature:g}" if len(curves) > len({c[0] for c in curves}) else ""
+                )
+                ax.plot(xs, ys, style, marker="o", color=color, label=label)
+        best = next(r for r in rows if _is_chosen(r, chosen))
         ax.plot([best["guidance_scale"]], [best[key]], marker="*", markersize=16, color="red", linestyle="none")
         ax.set_xlabel("guidance scale")
         ax.set_title(label)
@@ -349,7 +400,7 @@ def plot_sweep(sweep: Mapping[str, Any], path: str | Path) -> Path:
     axes[0].legend(fontsize=7)
     fig.suptitle(
         f"{sweep['run']} ({sweep['stage']}), split {sweep['split']}, {sweep['items']} items; "
-        f"chosen (red star): scale {chosen['guidance_scale']:g}, {chosen['cfg']}, {chosen['steps']} steps"
+        f"chosen (red star): {_describe(chosen)}"
     )
     fig.tight_layout()
     out = Path(path)

@@ -137,7 +137,7 @@ class LLaMoRun:
     motion_limit: MotionLimit | None = None
     """The longest motion the stage was trained on (`training_motion_limit`); None when the run records none."""
     generation: GenerationSetting | None = None
-    """Default steps / guidance scale / unconditional source of `stream` and `generate`, and why
+    """Default steps / guidance scale / unconditional source / noise temperature of `stream` and `generate`, and why
     (`llamo.inference.guidance.resolve_generation`: the run's ``generation.json`` or the model config); None:
     `stream_motion`'s own defaults."""
 
@@ -150,23 +150,28 @@ class LLaMoRun:
         return kwargs if self.generation is None else self.generation.fill(kwargs)
 
     def with_generation(
-        self, steps: int | None = None, guidance_scale: float | None = None, cfg: str | None = None, flags: str = ""
+        self,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        cfg: str | None = None,
+        temperature: float | None = None,
+        flags: str = "",
     ) -> LLaMoRun:
         """A copy of this run whose default generation setting has the given values (None keeps one); ``flags``
         names where they came from in `GenerationSetting.source` (e.g. ``--steps/--guidance_scale``)."""
         base = self.generation if self.generation is not None else config_default_setting(self.model)
-        return replace(self, generation=base.override(steps, guidance_scale, cfg, flags=flags))
+        return replace(self, generation=base.override(steps, guidance_scale, cfg, temperature, flags=flags))
 
     def stream(self, prompts: str | Sequence[str], **kwargs: Any) -> Generator[MotionChunk, None, list[str]]:
-        """`stream_motion` with this run's parts; ``steps``/``guidance_scale``/``cfg`` left unset (or None) take
-        the run's `generation` setting."""
+        """`stream_motion` with this run's parts; ``steps``/``guidance_scale``/``cfg``/``temperature`` left unset (or
+        None) take the run's `generation` setting."""
         vae, normalizer = self._motion_parts()
         kwargs = self._with_setting(kwargs)
         return stream_motion(self.model, vae, prompts, normalizer=normalizer, formatter=self.formatter, **kwargs)
 
     def generate(self, prompts: str | Sequence[str], **kwargs: Any) -> list[GeneratedMotion]:
-        """`generate_motion` with this run's parts; ``steps``/``guidance_scale``/``cfg`` left unset (or None) take
-        the run's `generation` setting."""
+        """`generate_motion` with this run's parts; ``steps``/``guidance_scale``/``cfg``/``temperature`` left unset (or
+        None) take the run's `generation` setting."""
         vae, normalizer = self._motion_parts()
         kwargs = self._with_setting(kwargs)
         return generate_motion(self.model, vae, prompts, normalizer=normalizer, formatter=self.formatter, **kwargs)
@@ -302,9 +307,9 @@ def load_run(
     - ``motion=False`` skips the VAE and Mean/Std (text chat only). ``formatter`` overrides `model_formatter`.
     - The stage's training motion length (`training_motion_limit`) goes to ``LLaMoRun.motion_limit``: captions
       of longer clips are made per window of that length.
-    - The default generation setting (`llamo.inference.guidance.resolve_generation`): the steps, guidance scale and
-      unconditional source ``llamo eval sweep`` recorded in ``<run>/generation.json`` for this stage, else the
-      model config's defaults; in ``LLaMoRun.generation``.
+    - The default generation setting (`llamo.inference.guidance.resolve_generation`): the steps, guidance scale,
+      unconditional source and noise temperature ``llamo eval sweep`` recorded in ``<run>/generation.json`` for
+      this stage, else the model config's defaults; in ``LLaMoRun.generation``.
     """
     run = Path(run_dir)
     if not run.is_dir():

@@ -49,6 +49,7 @@ from llamo.core.heads import FlowHead
 from llamo.core.model import LLaMo
 from llamo.core.vae import CausalMotionVAE
 from llamo.inference.fast import DecodePath, FastDecodeOptions, StaticDecodePath, acquire_static_cache
+from llamo.inference.guidance import check_temperature
 from llamo.inference.prompts import check_prompts, left_pad, model_formatter, t2m_prompt_ids
 from llamo.motion.normalization import Normalizer
 from llamo.motion.representation import FEATURE_DIM, JointTracker
@@ -225,7 +226,8 @@ def stream_motion(
         generator: draws the initial noise of each latent, ``(len(prompts), latent_dim)`` per step whatever
             sequences are still running, so a sequence's draws do not depend on when the others stop.
         noise: ``(max_tokens, len(prompts), latent_dim)`` explicit initial noise (replaces ``generator``).
-        temperature: scale of the generated initial noise.
+        temperature: scale of the generated initial noise, ``x_0 ~ N(0, temperature^2 I)`` (finite, > 0; not
+            applied to an explicit ``noise``).
         decode: ``"eager"`` (DynamicCache, finished rows dropped; the reference) or ``"fast"`` (StaticCache,
             static shapes, compiled/CUDA-graphed decode step and Euler loop; CUDA unless ``fast.allow_cpu``).
             Both give the same chunks and stop reasons (latents equal up to floating-point rounding).
@@ -244,6 +246,7 @@ def stream_motion(
         raise ValueError(f"cfg must be 'null' (learned null condition) or 'prompt' (empty-caption rows), got {cfg!r}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    check_temperature(temperature, "stream_motion")
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
     if not isinstance(min_tokens, int) or not 0 <= min_tokens <= max_tokens:
