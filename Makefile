@@ -77,7 +77,7 @@ DEMO_EVAL_ARGS ?= $(demo_eval_$(DEMO_SCALE))
 # the demo's generation setting is chosen per run on the validation split (`llamo eval sweep`, README "The generation
 # setting") and recorded in <run>/generation.json, which `llamo eval run` then uses; DEMO_SWEEP_ARGS= skips the sweep
 # (the model config's defaults: no guidance)
-demo_sweep_full := --scales '[1,3,5,7,10]' --sources '[prompt]' --steps '[25]' --items 48 --gen_seeds 1
+demo_sweep_full := --scales '[1,5,7,10]' --sources '[prompt]' --steps '[25]' --temperatures '[1,0.5]' --items 48 --gen_seeds 1
 demo_sweep_smoke := --scales '[1,2]' --sources '[prompt]' --steps '[4]' --items 16 --gen_seeds 1 --repeats 2
 DEMO_SWEEP_ARGS ?= $(demo_sweep_$(DEMO_SCALE))
 # evaluate run folder $(1) on data $(2) with extra `eval run` flags $(3): the sweep first (LLaMo runs only: $(4) empty)

@@ -1,4 +1,5 @@
-"""The Makefile's ablation plumbing: which stages an ablation reuses from the demo run, and the linking itself.
+"""The Makefile's ablation plumbing: which stages an ablation reuses from the demo run, and the linking itself; the
+demo's sweep grid.
 
 `make` runs with ``-o install`` (the environment is already set up) and ``LLAMO="echo FIT"`` so that a stage that
 would train prints its command instead of training.
@@ -6,15 +7,18 @@ would train prints its command instead of training.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from make_args import NO_INSTALL
 
 from llamo.eval.ablations import summary_row
 from llamo.eval.report import training_wall_times
+from llamo.eval.sweep import SweepSettings, sweep_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
@@ -127,3 +131,15 @@ def test_llamo_stages_preview_with_the_runs_evaluator_once_it_exists(tmp_path: P
     # (even one without a handoff: the callback then names the bad folder instead of R@3 silently going missing)
     out = _make("stage-2", *common, "OVERLAYS=experiments/demo", f"PREVIEW_EVALUATOR={tmp_path}/ms")
     assert f"--previews.evaluator={tmp_path}/ms" in out
+
+
+@pytest.mark.parametrize(("scale", "settings"), [("full", 8), ("smoke", 2)])
+def test_demo_sweep_arguments_are_a_valid_grid(scale: str, settings: int) -> None:
+    # the shell drops the quotes as it does in the recipe; every flag takes one YAML value
+    words = shlex.split(_make("--eval", f"probe: ; @echo $(demo_sweep_{scale})", "probe"))
+    assert len(words) % 2 == 0 and all(w.startswith("--") for w in words[::2]), words
+    flags = {k[2:]: yaml.safe_load(v) for k, v in zip(words[::2], words[1::2])}
+    grid = sweep_grid(SweepSettings(**flags))
+    assert len(grid) == settings and grid[0] == (1.0, "null", flags["steps"][0], 1.0)
+    if scale == "full":  # the demo also sweeps a lower noise temperature at every scale
+        assert {t for *_, t in grid} == {1.0, 0.5}
